@@ -1,1 +1,37 @@
-//! placeholder
+//! Tunnel plumbing shared by both halves of the proxy, independent of the transport.
+//!
+//! Upstream multiplexes every connection of an agent onto one gRPC stream and writes each
+//! connection's bytes inline in that stream's receive loop, so one reader that stops reading
+//! freezes every other connection (upstream issues 180 and 881). The two pieces here are how we
+//! avoid that:
+//!
+//! * [`queue`]: every tunnelled connection owns a queue bounded both in packets and in bytes. The
+//!   shared receive loop only ever *tries* to push into it; a connection whose queue overflows is
+//!   aborted instead of blocking its neighbours.
+//! * [`outbound`]: the shared stream toward a peer has two lanes, so control packets (close
+//!   acknowledgements, refusals) cannot be starved or deadlocked behind bulk data.
+
+#![forbid(unsafe_code)]
+
+pub mod outbound;
+pub mod queue;
+
+/// A fresh dial id (`random` in `DialRequest`), as upstream's `rand.Int63()`: never negative.
+///
+/// The id is the dialer's key for matching the DIAL_RSP; collisions are what the 63 random bits
+/// are there to make negligible.
+pub fn random_dial_id() -> i64 {
+    use rand::Rng;
+    rand::thread_rng().gen_range(1..=i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dial_ids_are_positive_and_vary() {
+        let a = super::random_dial_id();
+        let b = super::random_dial_id();
+        assert!(a > 0 && b > 0);
+        assert_ne!(a, b);
+    }
+}
