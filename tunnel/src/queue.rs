@@ -14,10 +14,11 @@ use std::sync::Arc;
 use konnectivity_proto::{Packet, Payload};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// Default byte bound of one connection's queue. Cost: this much memory per connection whose
-/// reader has stopped, on top of the kernel's socket buffers; at 1 GiB/s it absorbs ~2 ms of
-/// a reader pause before the connection is declared stalled.
-pub const DEFAULT_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+/// Default byte bound of one connection's queue. Cost: up to this much memory per connection
+/// whose reader has stopped (on top of the kernel's socket buffers). Without end-to-end flow
+/// control (an upstream peer) this is also how far a reader may fall behind a faster writer
+/// before its connection is aborted: at 1 GiB/s, ~8 ms of reader pause.
+pub const DEFAULT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Bytes charged for a packet without payload bytes, so a flood of empty packets is bounded too.
 const MIN_CHARGE: usize = 64;

@@ -1,0 +1,139 @@
+//! The agent-facing gRPC service, `AgentService.Connect`: one stream per agent connection.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use konnectivity_proto::{AgentService, Packet};
+use konnectivity_tunnel::outbound;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::identifiers::AgentIdentifiers;
+use crate::state::{BackendHandle, Shared};
+
+/// Request header carrying the agent's id (exactly one value required).
+pub const AGENT_ID_HEADER: &str = "agentid";
+/// Request header carrying the agent's identifiers (at most one value).
+pub const AGENT_IDENTIFIERS_HEADER: &str = "agentidentifiers";
+/// Response header: this server's id, so agents can tell servers apart behind a load balancer.
+pub const SERVER_ID_HEADER: &str = "serverid";
+/// Response header: how many servers the agent should connect to.
+pub const SERVER_COUNT_HEADER: &str = "servercount";
+
+/// The `AgentService` implementation.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    shared: Arc<Shared>,
+}
+
+impl Backend {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Backend { shared }
+    }
+}
+
+type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send + 'static>>;
+
+/// Reads the agent's identity headers, refusing the stream with a clear status if they are
+/// not as the protocol requires.
+fn identity(request: &Request<Streaming<Packet>>) -> Result<(String, AgentIdentifiers), Status> {
+    let md = request.metadata();
+    let ids: Vec<String> = md
+        .get_all(AGENT_ID_HEADER)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("<non-ascii>").to_owned())
+        .collect();
+    let [agent_id] = ids.as_slice() else {
+        return Err(Status::invalid_argument(format!(
+            "expected one agent ID in the context, got {ids:?}"
+        )));
+    };
+    if agent_id.is_empty() {
+        return Err(Status::invalid_argument("agent ID must not be empty"));
+    }
+    let raw: Vec<&str> = md
+        .get_all(AGENT_IDENTIFIERS_HEADER)
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .collect();
+    if raw.len() > 1 {
+        return Err(Status::invalid_argument(format!(
+            "expected at most one set of agent identifiers in the context, got {}",
+            raw.len()
+        )));
+    }
+    let identifiers = AgentIdentifiers::parse(raw.first().copied().unwrap_or(""));
+    Ok((agent_id.clone(), identifiers))
+}
+
+#[tonic::async_trait]
+impl AgentService for Backend {
+    type ConnectStream = PacketStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<Packet>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let peer = request.remote_addr();
+        let (agent_id, identifiers) = identity(&request).inspect_err(|status| {
+            warn!(?peer, message = status.message(), "refused agent stream");
+        })?;
+        let shared = Arc::clone(&self.shared);
+        let (tx, outbound) = outbound::channel(outbound::DEFAULT_DATA_LANE_PACKETS);
+        let retire: CancellationToken = shared.hard_stop.child_token();
+        let id = shared.add_backend(
+            agent_id.clone(),
+            identifiers.clone(),
+            BackendHandle {
+                tx: tx.clone(),
+                retire: retire.clone(),
+            },
+        );
+        info!(backend = %id, %agent_id, ?identifiers, ?peer, "agent connected");
+        shared
+            .metrics
+            .grpc_connection_opened(crate::metrics::ServiceMethod::Connect);
+
+        let mut inbound = request.into_inner();
+        let loop_retire = retire.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = loop_retire.cancelled() => break,
+                    m = inbound.message() => m,
+                };
+                match msg {
+                    Ok(Some(packet)) => shared.on_agent_packet(id, &tx, packet),
+                    Ok(None) => {
+                        info!(backend = %id, "agent closed its stream");
+                        break;
+                    }
+                    Err(status) => {
+                        warn!(backend = %id, code = ?status.code(), message = status.message(), "agent stream failed; closing it");
+                        break;
+                    }
+                }
+            }
+            loop_retire.cancel();
+            shared.remove_backend(id);
+            shared
+                .metrics
+                .grpc_connection_closed(crate::metrics::ServiceMethod::Connect);
+        });
+
+        let body = outbound.map(Ok).take_until(retire.cancelled_owned());
+        let mut response = Response::new(Box::pin(body) as PacketStream);
+        let md = response.metadata_mut();
+        let server_id = MetadataValue::try_from(self.shared.server_id.as_str())
+            .map_err(|_| Status::internal("server id is not a valid header value"))?;
+        md.insert(SERVER_ID_HEADER, server_id);
+        md.insert(
+            SERVER_COUNT_HEADER,
+            MetadataValue::from(self.shared.server_count),
+        );
+        Ok(response)
+    }
+}

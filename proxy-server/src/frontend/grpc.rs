@@ -1,0 +1,115 @@
+//! The gRPC frontend, `ProxyService.Proxy`: each stream is one frontend, normally carrying one
+//! dial (upstream's single-use tunnel), possibly many streams on one HTTP/2 connection (the
+//! reusable-tunnel client).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use konnectivity_proto::{Packet, PacketType as T, Payload as P, ProxyService};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::metrics::ServiceMethod;
+use crate::router::FrontendId;
+use crate::state::{FrontendSink, Shared};
+
+/// The `ProxyService` implementation.
+#[derive(Debug, Clone)]
+pub struct GrpcFrontend {
+    shared: Arc<Shared>,
+}
+
+impl GrpcFrontend {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        GrpcFrontend { shared }
+    }
+}
+
+type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl ProxyService for GrpcFrontend {
+    type ProxyStream = PacketStream;
+
+    async fn proxy(
+        &self,
+        request: Request<Streaming<Packet>>,
+    ) -> Result<Response<Self::ProxyStream>, Status> {
+        let shared = Arc::clone(&self.shared);
+        let (id, sink, rx) = shared.add_frontend();
+        shared.metrics.grpc_connection_opened(ServiceMethod::Proxy);
+        debug!(frontend = id, user_agent = ?request.metadata().get("user-agent"), "frontend stream opened");
+        let inbound = request.into_inner();
+        let abort = sink.abort_token().clone();
+        tokio::spawn(serve(shared, id, sink, inbound));
+        let body = rx.into_stream().map(Ok).take_until(abort.cancelled_owned());
+        Ok(Response::new(Box::pin(body)))
+    }
+}
+
+/// Reads one frontend stream until it ends, then cleans up what it left on the agents.
+async fn serve(
+    shared: Arc<Shared>,
+    id: FrontendId,
+    sink: FrontendSink,
+    mut inbound: Streaming<Packet>,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = sink.abort_token().cancelled() => break,
+            m = inbound.message() => m,
+        };
+        let packet = match msg {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                debug!(frontend = id, "frontend closed its stream");
+                break;
+            }
+            Err(status) => {
+                warn!(frontend = id, code = ?status.code(), message = status.message(), "frontend stream failed; closing it");
+                break;
+            }
+        };
+        shared.metrics.stream_packet_from_client(&packet);
+        handle(&shared, id, &sink, packet).await;
+    }
+    shared.remove_frontend(id);
+    shared.metrics.grpc_connection_closed(ServiceMethod::Proxy);
+}
+
+async fn handle(shared: &Arc<Shared>, id: FrontendId, sink: &FrontendSink, packet: Packet) {
+    let kind = packet.kind();
+    match (kind, packet.payload) {
+        (Some(T::DialReq), Some(P::DialRequest(req))) => {
+            if let Err(refusal) = shared.dial(id, &req).await {
+                debug!(frontend = id, random = req.random, %refusal, "dial refused");
+                shared.deliver(
+                    sink,
+                    Packet::dial_response(req.random, 0, refusal.to_string()),
+                );
+            }
+        }
+        (Some(T::Data), Some(P::Data(d))) => {
+            if d.connect_id == 0 {
+                return;
+            }
+            if let Err(why) = shared.data_to_agent(id, d.connect_id, d.data).await {
+                shared.deliver(sink, Packet::close_response(d.connect_id, why));
+            }
+        }
+        (Some(T::CloseReq), Some(P::CloseRequest(c))) => {
+            if let Err(why) = shared.close_to_agent(id, c.connect_id).await {
+                shared.deliver(sink, Packet::close_response(c.connect_id, why));
+            }
+        }
+        (Some(T::DialCls), Some(P::CloseDial(c))) => shared.cancel_dial(id, c.random).await,
+        (Some(T::Drain), _) => debug!(frontend = id, "DRAIN from a frontend ignored"),
+        (kind, payload) => warn!(
+            frontend = id,
+            packet_type = ?kind,
+            has_payload = payload.is_some(),
+            "unexpected or malformed packet from frontend; ignored"
+        ),
+    }
+}

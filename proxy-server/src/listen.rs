@@ -1,0 +1,135 @@
+//! Listeners: TLS over TCP (handshakes off the accept loop, bounded in time) and Unix sockets.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Completed handshakes waiting for the server to pick them up. Cost: this many idle TLS
+/// connections may be held before the accept loop waits for the server.
+const ACCEPTED_BACKLOG: usize = 1024;
+
+/// A TLS connection ready for a tonic server.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    peer: Option<SocketAddr>,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::TcpConnectInfo {
+            local_addr: self.inner.get_ref().0.local_addr().ok(),
+            remote_addr: self.peer,
+        }
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections and handshakes each in its own task (bounded by the TLS crate's
+/// handshake timeout), yielding only completed ones; a stalled or failed handshake never holds
+/// up the others. Stops when `stop` is cancelled.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    required_alpn: Option<&'static [u8]>,
+    what: &'static str,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
+    let (tx, rx) = mpsc::channel(ACCEPTED_BACKLOG);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(listener = what, error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match konnectivity_tls::accept(&acceptor, tcp, required_alpn).await {
+                    Ok(inner) => {
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                inner,
+                                peer: Some(peer),
+                            }))
+                            .await;
+                    }
+                    Err(e) => info!(listener = what, %peer, error = %e, "TLS handshake refused"),
+                }
+            });
+        }
+        debug!(listener = what, "listener stopped");
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Binds a Unix socket for the frontend: removes a stale socket file first if asked, and makes
+/// the socket mode 0770 (owner and group only), as upstream does with umask 0007.
+pub fn bind_uds(path: &Path, delete_existing: bool) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if delete_existing {
+        match std::fs::remove_file(path) {
+            Ok(()) => info!(path = %path.display(), "removed existing socket file"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770))?;
+    Ok(listener)
+}
