@@ -125,7 +125,7 @@ pub async fn start(
         shutdown.clone(),
     );
     let agent_server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(b.keepalive_time))
+        .http2_keepalive_interval(keepalive(b.keepalive_time))
         .add_service(AgentServiceServer::new(backend::Backend::new(Arc::clone(
             &shared,
         ))))
@@ -278,12 +278,21 @@ async fn start_frontend(
     }
 }
 
+/// `--keepalive-time=0` means grpc-go's default on a server, which is two hours.
+fn keepalive(interval: std::time::Duration) -> Option<std::time::Duration> {
+    if interval.is_zero() {
+        Some(std::time::Duration::from_secs(2 * 60 * 60))
+    } else {
+        Some(interval)
+    }
+}
+
 fn grpc_frontend_server(
     config: &ServerConfig,
     shared: &Arc<Shared>,
 ) -> tonic::transport::server::Router {
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(config.frontend.keepalive_time))
+        .http2_keepalive_interval(keepalive(config.frontend.keepalive_time))
         .max_concurrent_streams(Some(FRONTEND_MAX_CONCURRENT_STREAMS))
         .add_service(ProxyServiceServer::new(frontend::grpc::GrpcFrontend::new(
             Arc::clone(shared),
