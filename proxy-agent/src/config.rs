@@ -1,0 +1,61 @@
+//! Typed configuration of the proxy-agent, produced from flags at the edge (`flags.rs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use konnectivity_tls::TlsTuning;
+
+/// How and where the agent reaches its proxy-server.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// `--proxy-server-host`; also the TLS server name checked against the server certificate.
+    pub host: String,
+    /// `--proxy-server-port`.
+    pub port: u16,
+    /// `--ca-cert`: the CA that signed the server's agent-listener certificate.
+    pub ca_cert: PathBuf,
+    /// `--agent-cert`/`--agent-key`: optional client certificate pair.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// `--alpn-proto`: extra ALPN protocols offered before `h2`.
+    pub extra_alpn: Vec<String>,
+    /// `--service-account-token-path`: sent as `authorization: Bearer <file contents>`.
+    pub token_path: Option<PathBuf>,
+    /// HTTP/2 keepalive ping interval (`--keepalive-time`).
+    pub keepalive_time: Duration,
+}
+
+/// The agent's identity as announced to servers.
+#[derive(Debug, Clone)]
+pub struct AgentIdentity {
+    /// `agentid` header value.
+    pub agent_id: String,
+    /// Raw `agentidentifiers` header value (URL query encoding), validated at start-up.
+    pub identifiers: String,
+}
+
+/// Reconnection pacing (`--sync-interval`, `--sync-interval-cap`, `--sync-forever`, `--probe-interval`).
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub interval: Duration,
+    pub interval_cap: Duration,
+    pub forever: bool,
+    pub probe_interval: Duration,
+}
+
+/// The complete, validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: ServerTarget,
+    pub identity: AgentIdentity,
+    pub sync: SyncConfig,
+    pub tls: TlsTuning,
+    /// Per-connection queue length in packets (`--xfr-channel-size`).
+    pub xfr_channel_size: usize,
+    /// `--warn-on-channel-limit`: log when a connection's queue is full.
+    pub warn_on_channel_limit: bool,
+    /// Health listener (`/healthz`, `/readyz`, `/ready`, `/metrics`).
+    pub health_addr: SocketAddr,
+    /// Admin listener (`/metrics` redirects to the health port).
+    pub admin_addr: SocketAddr,
+}
