@@ -1,0 +1,231 @@
+//! The TCP + mutual TLS transport, with certificates made by rcgen.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use common::{serve_connect, Pki, WAIT};
+use konnectivity_client::{ClientError, Dialer, ProxyProtocol, ProxyTransport};
+use konnectivity_tls::{tokio_rustls, TlsTuning};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Server-side material plus the client's key pair.
+struct Setup {
+    pki: Pki,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn setup() -> Setup {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let (server_cert, server_key) = pki.leaf(&ca, "proxy");
+    let (client_cert, client_key) = pki.leaf(&ca, "kube-apiserver");
+    Setup {
+        pki,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+    }
+}
+
+fn transport(s: &Setup, addr: String, ca: PathBuf) -> ProxyTransport {
+    ProxyTransport::Tcp {
+        addr,
+        server_name: "127.0.0.1".into(),
+        ca,
+        client_cert: s.client_cert.clone(),
+        client_key: s.client_key.clone(),
+    }
+}
+
+/// An mTLS HTTP CONNECT proxy on loopback; reports the negotiated ALPN and whether the client
+/// presented a certificate.
+async fn start_connect_proxy(
+    s: &Setup,
+) -> (String, mpsc::UnboundedReceiver<(Option<Vec<u8>>, bool)>) {
+    let config = konnectivity_tls::server_config(
+        &s.server_cert,
+        &s.server_key,
+        Some(&s.pki.path("ca.crt")),
+        &[b"http/1.1"],
+        &TlsTuning::default(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (info_tx, info_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let info_tx = info_tx.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = konnectivity_tls::accept(&acceptor, tcp, None).await else {
+                    return;
+                };
+                let (_, conn) = tls.get_ref();
+                let _ = info_tx.send((
+                    conn.alpn_protocol().map(|p| p.to_vec()),
+                    conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                ));
+                let (requests, _keep) = mpsc::unbounded_channel();
+                serve_connect(tls, requests).await;
+            });
+        }
+    });
+    (addr, info_rx)
+}
+
+#[tokio::test]
+async fn http_connect_over_mutual_tls_offers_http11_and_tunnels() {
+    let s = setup();
+    let (addr, mut info) = start_connect_proxy(&s).await;
+    let dialer = Dialer::new(
+        ProxyProtocol::HttpConnect,
+        transport(&s, addr, s.pki.path("ca.crt")),
+    )
+    .unwrap();
+    let mut tunnel = tokio::time::timeout(WAIT, dialer.dial("ok:443"))
+        .await
+        .unwrap()
+        .unwrap();
+    let (alpn, client_cert) = info.recv().await.unwrap();
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert!(client_cert, "the client certificate was not presented");
+    tunnel.write_all(b"through tls").await.unwrap();
+    let mut back = [0u8; 11];
+    tokio::time::timeout(WAIT, tunnel.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"through tls");
+}
+
+#[tokio::test]
+async fn proxy_certificate_from_another_ca_is_a_tls_error() {
+    let s = setup();
+    let other = Pki::new();
+    other.ca("other-ca");
+    let (addr, _info) = start_connect_proxy(&s).await;
+    let dialer = Dialer::new(
+        ProxyProtocol::HttpConnect,
+        transport(&s, addr.clone(), other.path("other-ca.crt")),
+    )
+    .unwrap();
+    let err = tokio::time::timeout(WAIT, dialer.dial("ok:443"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Tls { .. }), "{err}");
+    assert!(err.to_string().contains(&addr), "{err}");
+}
+
+#[tokio::test]
+async fn closed_tcp_port_is_unreachable() {
+    let s = setup();
+    // Bind then drop to get a port nobody listens on.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let dialer = Dialer::new(
+        ProxyProtocol::Grpc,
+        transport(&s, addr.clone(), s.pki.path("ca.crt")),
+    )
+    .unwrap();
+    let err = dialer.dial("10.0.0.1:1").await.unwrap_err();
+    assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains(&addr), "{err}");
+}
+
+/// tonic needs to know the peer of each accepted stream; the TLS stream carries none here.
+struct ServerTls(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for ServerTls {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl AsyncRead for ServerTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ServerTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// gRPC over TCP + mTLS: the proxy requires ALPN h2 (as grpc-go does) and a client certificate.
+#[tokio::test]
+async fn grpc_over_mutual_tls_negotiates_h2_and_echoes() {
+    let s = setup();
+    let config = konnectivity_tls::server_config(
+        &s.server_cert,
+        &s.server_key,
+        Some(&s.pki.path("ca.crt")),
+        &[b"h2"],
+        &TlsTuning::default(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (conn_tx, conn_rx) = mpsc::channel::<std::io::Result<ServerTls>>(4);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(tls) = konnectivity_tls::accept(&acceptor, tcp, Some(b"h2")).await {
+                let _ = conn_tx.send(Ok(ServerTls(tls))).await;
+            }
+        }
+    });
+    let mut proxy = common::GrpcProxy::serve(tokio_stream::wrappers::ReceiverStream::new(conn_rx));
+
+    let dialer = Dialer::new(
+        ProxyProtocol::Grpc,
+        transport(&s, addr, s.pki.path("ca.crt")),
+    )
+    .unwrap();
+    let mut tunnel = tokio::time::timeout(WAIT, dialer.dial("10.0.0.9:10250"))
+        .await
+        .unwrap()
+        .unwrap();
+    tunnel.write_all(b"over h2 and tls").await.unwrap();
+    let mut back = [0u8; 15];
+    tokio::time::timeout(WAIT, tunnel.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"over h2 and tls");
+    assert!(common::is_kind(
+        &proxy.next_event().await,
+        konnectivity_proto::PacketType::DialReq
+    ));
+}
