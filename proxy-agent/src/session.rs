@@ -51,11 +51,11 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// The production settings: `--xfr-channel-size` packets, the tunnel crate's default byte
-    /// bound, upstream's fixed dial timeout.
-    pub fn new(queue_packets: usize) -> Self {
+    /// The production settings: `--xfr-channel-size` packets (never below the tunnel crate's
+    /// minimum), the tunnel crate's default byte bound, upstream's fixed dial timeout.
+    pub fn new(xfr_channel_size: usize) -> Self {
         SessionConfig {
-            queue_packets,
+            queue_packets: queue::connection_packets(xfr_channel_size),
             queue_bytes: queue::DEFAULT_QUEUE_BYTES,
             dial_timeout: dial::DIAL_TIMEOUT,
         }

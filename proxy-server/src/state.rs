@@ -33,10 +33,13 @@ pub struct FrontendSink {
 }
 
 impl FrontendSink {
-    /// A sink with its queue (bounded by `packets` and [`queue::DEFAULT_QUEUE_BYTES`]) and an
-    /// abort token that is a child of `parent`.
-    pub fn new(packets: usize, parent: &CancellationToken) -> (Self, QueueRx) {
-        let (queue, rx) = queue::channel(packets, queue::DEFAULT_QUEUE_BYTES);
+    /// A sink with its queue (bounded by [`queue::connection_packets`] of `xfr_channel_size`
+    /// and [`queue::DEFAULT_QUEUE_BYTES`]) and an abort token that is a child of `parent`.
+    pub fn new(xfr_channel_size: usize, parent: &CancellationToken) -> (Self, QueueRx) {
+        let (queue, rx) = queue::channel(
+            queue::connection_packets(xfr_channel_size),
+            queue::DEFAULT_QUEUE_BYTES,
+        );
         (
             FrontendSink {
                 queue,

@@ -20,6 +20,18 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 /// before its connection is aborted: at 1 GiB/s, ~8 ms of reader pause.
 pub const DEFAULT_QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Least packet bound of a connection's queue, whatever `--xfr-channel-size` says. Upstream's
+/// defaults (10 on the server, 150 on the agent) size a queue that its reader *waits* on; ours is
+/// never waited on, so a full queue aborts the connection, and a bound of 10 packets of 4 KiB
+/// would abort healthy connections whose reader merely paused. Cost: none by itself — memory is
+/// bounded by the byte bound; this only lets small packets use it.
+pub const MIN_CONNECTION_PACKETS: usize = 2048;
+
+/// The packet bound of a connection's queue for a configured `--xfr-channel-size`.
+pub fn connection_packets(xfr_channel_size: usize) -> usize {
+    xfr_channel_size.max(MIN_CONNECTION_PACKETS)
+}
+
 /// Bytes charged for a packet without payload bytes, so a flood of empty packets is bounded too.
 const MIN_CHARGE: usize = 64;
 
@@ -214,6 +226,12 @@ mod tests {
         assert!(tx.is_closed());
         assert!(matches!(tx.try_push(data(1)), Err(TryPushError::Closed(_))));
         assert!(tx.push(data(1)).await.is_err());
+    }
+
+    #[test]
+    fn configured_channel_size_never_shrinks_the_queue_below_the_minimum() {
+        assert_eq!(connection_packets(10), MIN_CONNECTION_PACKETS);
+        assert_eq!(connection_packets(100_000), 100_000);
     }
 
     #[tokio::test]

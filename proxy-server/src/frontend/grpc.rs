@@ -67,7 +67,9 @@ async fn serve(
                 break;
             }
             Err(status) => {
-                warn!(frontend = id, code = ?status.code(), message = status.message(), "frontend stream failed; closing it");
+                // kube-apiserver drops the whole connection once it has its CLOSE_RSP, so a reset
+                // stream is the normal end of a tunnel, not a warning.
+                debug!(frontend = id, code = ?status.code(), message = status.message(), "frontend stream ended with an error; closing it");
                 break;
             }
         };
