@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod egress;
 mod grpc;
 mod http_connect;
 mod transport;
@@ -39,6 +40,9 @@ use tokio::time::Instant;
 
 /// The TLS error type carried by [`ClientError::TlsConfig`] and [`ClientError::Tls`].
 pub use konnectivity_tls::TlsError;
+
+/// The egress-selector entry points, re-exported for convenience (see [`egress`]).
+pub use egress::{EgressDialer, EgressSelector, EgressStream, SelectionName};
 
 /// Upper bound on one [`Dialer::dial`]: connecting to the proxy, the TLS handshake, and waiting
 /// for the proxy's answer (`DIAL_RSP` or the CONNECT response). Upstream's konnectivity-client
