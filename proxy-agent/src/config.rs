@@ -6,6 +6,17 @@ use std::time::Duration;
 
 pub use konnectivity_tls::TlsTuning;
 
+/// Which transport carries the agent's connections to a proxy-server (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// gRPC `AgentService.Connect` over TLS/TCP (upstream's protocol; the default).
+    #[default]
+    Grpc,
+    /// QUIC over UDP, one stream per tunnelled connection (an extension of this build; the
+    /// server must run with `--enable-quic`, its default).
+    Quic,
+}
+
 /// How and where the agent reaches its proxy-server.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
@@ -21,7 +32,8 @@ pub struct ServerTarget {
     pub extra_alpn: Vec<String>,
     /// `--service-account-token-path`: sent as `authorization: Bearer <file contents>`.
     pub token_path: Option<PathBuf>,
-    /// HTTP/2 keepalive ping interval (`--keepalive-time`).
+    /// HTTP/2 keepalive ping interval (`--keepalive-time`); QUIC keep-alives use it too,
+    /// capped to stay within the QUIC idle timeout.
     pub keepalive_time: Duration,
 }
 
@@ -58,4 +70,25 @@ pub struct AgentConfig {
     pub health_addr: SocketAddr,
     /// Admin listener (`/metrics` redirects to the health port).
     pub admin_addr: SocketAddr,
+}
+
+/// Settings of this build's extensions (flags upstream does not have), kept apart from
+/// [`AgentConfig`] so code that builds an `AgentConfig` field by field keeps compiling.
+/// `Default` is what the flags default to.
+#[derive(Debug, Clone)]
+pub struct AgentExtensions {
+    /// `--transport`.
+    pub transport: Transport,
+    /// Ask gRPC servers for per-connection flow control (hidden `--flow-control`, default
+    /// true; false behaves as an upstream agent, for tests).
+    pub flow_control: bool,
+}
+
+impl Default for AgentExtensions {
+    fn default() -> Self {
+        AgentExtensions {
+            transport: Transport::default(),
+            flow_control: true,
+        }
+    }
 }

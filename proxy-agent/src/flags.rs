@@ -24,7 +24,9 @@ use konnectivity_goflags::{
     UnsupportedFlag,
 };
 
-use crate::config::{AgentConfig, AgentIdentity, ServerTarget, SyncConfig, TlsTuning};
+use crate::config::{
+    AgentConfig, AgentExtensions, AgentIdentity, ServerTarget, SyncConfig, TlsTuning, Transport,
+};
 
 /// Environment variable supplying `--agent-id`'s default.
 pub const AGENT_ID_ENV: &str = "PROXY_AGENT_ID";
@@ -259,6 +261,21 @@ pub struct AgentFlags {
           default_value = DEFAULT_KUBE_API_CONTENT_TYPE, allow_hyphen_values = true)]
     pub kube_api_content_type: String,
 
+    /// Transport to the proxy-server: 'grpc' (upstream's protocol) or 'quic' (QUIC over UDP to the same port, one stream per connection; an extension of this build, needs a proxy-server of this build).
+    #[arg(
+        long = "transport",
+        value_name = "TRANSPORT",
+        default_value = "grpc",
+        allow_hyphen_values = true
+    )]
+    pub transport: String,
+
+    /// Ask gRPC servers for per-connection flow control (header konnectivity-flow-control); false behaves as an upstream agent. Hidden: a test hook.
+    #[arg(long = "flow-control", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true", value_parser = parse_go_bool,
+          hide = true)]
+    pub flow_control: bool,
+
     #[command(flatten)]
     pub klog: KlogFlags,
 }
@@ -486,6 +503,23 @@ impl AgentFlags {
             .collect()
     }
 
+    /// The settings of this build's extensions (`--transport`), validated.
+    pub fn extensions(&self) -> Result<AgentExtensions, FlagError> {
+        let transport = match self.transport.as_str() {
+            "grpc" => Transport::Grpc,
+            "quic" => Transport::Quic,
+            other => {
+                return Err(FlagError::Invalid(format!(
+                    "--transport must be 'grpc' or 'quic', got {other:?}"
+                )))
+            }
+        };
+        Ok(AgentExtensions {
+            transport,
+            flow_control: self.flow_control,
+        })
+    }
+
     /// Validates as upstream's `GrpcProxyAgentOptions.Validate()` does (same order, same
     /// messages), applies this build's limits, and builds the configuration.
     /// `$PROXY_AGENT_ID` supplies the agent id when `--agent-id` is absent.
@@ -593,6 +627,7 @@ impl AgentFlags {
         }
 
         // --- what this build needs ---
+        self.extensions()?;
         if self.ca_cert.is_empty() {
             return invalid(
                 "failed to read CA cert : --ca-cert is required; point it at the CA that signed the \
@@ -737,6 +772,23 @@ mod tests {
     fn with(mut base: Vec<String>, extra: &[&str]) -> Vec<String> {
         base.extend(extra.iter().map(|s| s.to_string()));
         base
+    }
+
+    #[test]
+    fn transport_defaults_to_grpc_and_accepts_quic_only_besides() {
+        let f = files();
+        let ext = |args: &[String]| parse(args).expect("parse").extensions();
+        assert_eq!(ext(&base(&f)).expect("default").transport, Transport::Grpc);
+        assert_eq!(
+            ext(&with(base(&f), &["--transport=quic"]))
+                .expect("quic")
+                .transport,
+            Transport::Quic
+        );
+        assert_eq!(
+            err(&with(base(&f), &["--transport=tcp"])),
+            "--transport must be 'grpc' or 'quic', got \"tcp\""
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod metrics;
 
 pub mod connections;
 pub mod dial;
+pub mod quic;
 pub mod server;
 pub mod session;
 pub mod sync;
@@ -28,9 +29,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::server::{ServerConnector, SetupError};
+use crate::server::SetupError;
 use crate::session::SessionConfig;
-use crate::sync::{Manager, ServerStatus};
+use crate::sync::{Connector, Manager, ServerStatus};
 
 /// Why the agent could not start (once running, it only stops when asked).
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,7 @@ pub enum AgentError {
 /// and observe metrics and readiness.
 pub struct Agent {
     config: config::AgentConfig,
-    connector: ServerConnector,
+    connector: Connector,
     metrics: Metrics,
     status: ServerStatus,
     health: TcpListener,
@@ -77,7 +78,15 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     /// Validates the configuration (loads TLS material) and binds the health and admin ports.
     pub async fn bind(config: config::AgentConfig) -> Result<Self, AgentError> {
-        let connector = ServerConnector::new(&config)?;
+        Self::bind_with(config, config::AgentExtensions::default()).await
+    }
+
+    /// [`Agent::bind`] with this build's extensions set explicitly (`--transport`).
+    pub async fn bind_with(
+        config: config::AgentConfig,
+        extensions: config::AgentExtensions,
+    ) -> Result<Self, AgentError> {
+        let connector = Connector::new(&config, &extensions)?;
         let health = bind("health", config.health_addr).await?;
         let admin = bind("admin", config.admin_addr).await?;
         Ok(Agent {
@@ -188,5 +197,18 @@ pub async fn run(
     drain: CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    Agent::bind(config).await?.run(drain, shutdown).await
+    run_with(config, config::AgentExtensions::default(), drain, shutdown).await
+}
+
+/// [`run`] with this build's extensions set explicitly (the binary passes its flags).
+pub async fn run_with(
+    config: config::AgentConfig,
+    extensions: config::AgentExtensions,
+    drain: CancellationToken,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    Agent::bind_with(config, extensions)
+        .await?
+        .run(drain, shutdown)
+        .await
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::Stream;
 use hyper_util::rt::TokioIo;
 use konnectivity_proto::{AgentServiceClient, Packet};
+use konnectivity_tunnel::credit;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -74,6 +75,10 @@ pub enum SetupError {
         /// The URI parser's complaint.
         reason: String,
     },
+    /// The TLS configuration cannot be used for QUIC (`--transport=quic` needs TLS 1.3 with
+    /// AES-128-GCM, which the default settings have).
+    #[error("the TLS configuration cannot be used for QUIC: {0}")]
+    QuicTls(String),
     /// A metadata value cannot be sent in an HTTP/2 header (non-printable ASCII).
     #[error("--{flag} value cannot be sent as gRPC metadata {header:?}: only printable ASCII is allowed")]
     InvalidMetadata {
@@ -163,6 +168,31 @@ pub enum ConnectError {
         /// What is wrong.
         problem: HeaderProblem,
     },
+    /// The proxy-server's name did not resolve (QUIC transport).
+    #[error("cannot resolve proxy-server {address}: {reason}")]
+    Resolve {
+        /// `host:port`.
+        address: String,
+        /// The resolver's complaint.
+        reason: String,
+    },
+    /// The QUIC connection could not be set up (UDP socket, handshake, ALPN, control
+    /// stream); is the server running with `--enable-quic` (its default)?
+    #[error("QUIC connection to proxy-server {address} failed: {reason}; does the server accept QUIC (--enable-quic)?")]
+    Quic {
+        /// `host:port`.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server refused the agent on the QUIC control stream.
+    #[error("proxy-server {address} refused the agent: {reason}")]
+    QuicRefused {
+        /// `host:port`.
+        address: String,
+        /// The server's reason.
+        reason: String,
+    },
 }
 
 /// What is wrong with a server's response headers.
@@ -231,6 +261,8 @@ pub struct ServerStream {
     /// Keeps the HTTP/2 connection's client handle alive for as long as the stream is used;
     /// dropping it (with the stream) closes the connection.
     pub channel: Channel,
+    /// Per-connection flow control was negotiated (we asked and the server echoed).
+    pub flow_control: bool,
 }
 
 /// Opens agent connections to the configured proxy-server.
@@ -247,6 +279,7 @@ pub struct ServerConnector {
     agent_id: AsciiMetadataValue,
     identifiers: AsciiMetadataValue,
     token_path: Option<PathBuf>,
+    flow_control: bool,
 }
 
 impl std::fmt::Debug for ServerConnector {
@@ -331,7 +364,14 @@ impl ServerConnector {
             agent_id,
             identifiers,
             token_path: server.token_path.clone(),
+            flow_control: true,
         })
+    }
+
+    /// Whether to ask the server for per-connection flow control (default true; false makes
+    /// this agent look like an upstream one, for tests).
+    pub fn set_flow_control(&mut self, on: bool) {
+        self.flow_control = on;
     }
 
     /// `host:port` of the proxy-server, for logs.
@@ -405,6 +445,12 @@ impl ServerConnector {
         if let Some(auth) = authorization {
             md.insert(AUTHORIZATION_HEADER, auth);
         }
+        if self.flow_control {
+            md.insert(
+                credit::FLOW_CONTROL_HEADER,
+                AsciiMetadataValue::from_static(credit::FLOW_CONTROL_VERSION),
+            );
+        }
         let mut client = AgentServiceClient::new(channel.clone());
         let response = match tokio::time::timeout(HEADERS_TIMEOUT, client.connect(request)).await {
             Ok(Ok(r)) => r,
@@ -423,10 +469,16 @@ impl ServerConnector {
         };
         let hello = parse_server_headers(response.metadata())
             .map_err(|problem| ConnectError::BadHeaders { address, problem })?;
+        let flow_control = self.flow_control
+            && response
+                .metadata()
+                .get(credit::FLOW_CONTROL_HEADER)
+                .is_some_and(|v| v.as_bytes() == credit::FLOW_CONTROL_VERSION.as_bytes());
         Ok(ServerStream {
             hello,
             inbound: response.into_inner(),
             channel,
+            flow_control,
         })
     }
 
@@ -450,6 +502,17 @@ async fn read_token(path: &Path) -> Result<AsciiMetadataValue, ConnectError> {
             path: path.to_path_buf(),
         }
     })
+}
+
+/// The `authorization` value as text, with the same checks as for gRPC (QUIC transport).
+pub(crate) async fn read_token_text(path: &Path) -> Result<String, ConnectError> {
+    let value = read_token(path).await?;
+    value
+        .to_str()
+        .map(str::to_owned)
+        .map_err(|_| ConnectError::TokenInvalid {
+            path: path.to_path_buf(),
+        })
 }
 
 /// Hands tonic one pre-established stream, once. A second call (tonic trying to reconnect after

@@ -12,10 +12,12 @@
 //!   wait is the back-pressure of the shared stream itself. Its final `CLOSE_RSP` follows on the
 //!   same lane, so it can never overtake the connection's last DATA.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use konnectivity_proto::{DialRequest, Packet, PacketType, Payload};
+use konnectivity_tunnel::credit::{self, CreditGate, RecvWindow};
 use konnectivity_tunnel::outbound::{ControlError, OutboundTx};
 use konnectivity_tunnel::queue::{self, QueueRx, QueueTx, TryPushError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,6 +50,10 @@ pub struct SessionConfig {
     pub queue_bytes: usize,
     /// Endpoint dial timeout.
     pub dial_timeout: Duration,
+    /// Per-connection flow control was negotiated with this server (see
+    /// `konnectivity_tunnel::credit`): DATA toward the server waits for credit, and credit is
+    /// granted as each destination writer drains.
+    pub flow_control: bool,
 }
 
 impl SessionConfig {
@@ -58,6 +64,7 @@ impl SessionConfig {
             queue_packets: queue::connection_packets(xfr_channel_size),
             queue_bytes: queue::DEFAULT_QUEUE_BYTES,
             dial_timeout: dial::DIAL_TIMEOUT,
+            flow_control: false,
         }
     }
 }
@@ -69,6 +76,8 @@ pub enum SessionEnd {
     ServerClosed,
     /// The stream failed: transport error, malformed protobuf, message over the 4 MiB limit.
     StreamError(tonic::Status),
+    /// The QUIC connection failed (timed out, reset, transport error).
+    TransportError(String),
     /// The agent is shutting down, or the manager dropped this session.
     Cancelled,
 }
@@ -91,6 +100,8 @@ struct PendingDial {
 struct Conn {
     queue: QueueTx,
     abort: oneshot::Sender<Abort>,
+    /// Credit toward the server, when flow control is negotiated.
+    credit: Option<Arc<CreditGate>>,
 }
 
 /// What the session's tasks report back to its loop.
@@ -107,10 +118,10 @@ enum Event {
 }
 
 /// Keeps `open_endpoint_connections` equal to the number of live connection tasks.
-struct EndpointGauge(Metrics);
+pub(crate) struct EndpointGauge(Metrics);
 
 impl EndpointGauge {
-    fn new(metrics: Metrics) -> Self {
+    pub(crate) fn new(metrics: Metrics) -> Self {
         metrics.open_endpoint_connections_inc();
         EndpointGauge(metrics)
     }
@@ -224,6 +235,12 @@ impl Session<'_> {
             (Some(PacketType::DialCls), Some(Payload::CloseDial(req))) => {
                 self.on_close_dial(req.random)
             }
+            (Some(PacketType::Credit), Some(Payload::Credit(c))) if self.config.flow_control => {
+                // Credit for a connection that just ended is simply dropped.
+                if let Some(gate) = self.table.get(c.connect_id).and_then(|c| c.credit.as_ref()) {
+                    gate.grant(c.bytes);
+                }
+            }
             (Some(kind @ (PacketType::DialRsp | PacketType::CloseRsp | PacketType::Drain)), _) => {
                 tracing::warn!(
                     server_id = self.server_id,
@@ -318,12 +335,23 @@ impl Session<'_> {
                 return;
             }
         };
-        let (queue_tx, queue_rx) =
-            queue::channel(self.config.queue_packets, self.config.queue_bytes);
+        // With flow control the server sends at most a window per connection, in packets of
+        // any size: the queue holds a full window of the smallest ones.
+        let queue_packets = if self.config.flow_control {
+            self.config.queue_packets.max(credit::FLOW_QUEUE_PACKETS)
+        } else {
+            self.config.queue_packets
+        };
+        let (queue_tx, queue_rx) = queue::channel(queue_packets, self.config.queue_bytes);
         let (abort_tx, abort_rx) = oneshot::channel();
+        let gate = self
+            .config
+            .flow_control
+            .then(|| Arc::new(CreditGate::new(credit::INITIAL_WINDOW)));
         let conn = Conn {
             queue: queue_tx,
             abort: abort_tx,
+            credit: gate.clone(),
         };
         let connect_id = match self.table.complete_dial(random, conn) {
             Ok(id) => id,
@@ -349,6 +377,7 @@ impl Session<'_> {
             events: self.events.clone(),
             cancel: self.tasks_cancel.clone(),
             gauge: EndpointGauge::new(self.metrics.clone()),
+            credit: gate,
         };
         self.tasks.spawn(task.run(stream, queue_rx, abort_rx));
     }
@@ -461,6 +490,7 @@ fn payload_name(payload: Option<&Payload>) -> &'static str {
         Some(Payload::CloseResponse(_)) => "closeResponse",
         Some(Payload::CloseDial(_)) => "closeDial",
         Some(Payload::Drain(_)) => "drain",
+        Some(Payload::Credit(_)) => "credit",
     }
 }
 
@@ -488,6 +518,9 @@ struct ConnectionTask {
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
     gauge: EndpointGauge,
+    /// Credit toward the server (flow control negotiated): also means the writer grants
+    /// credit back as it drains.
+    credit: Option<Arc<CreditGate>>,
 }
 
 impl ConnectionTask {
@@ -495,12 +528,22 @@ impl ConnectionTask {
         let id = self.connect_id;
         let (mut rd, mut wr) = stream.into_split();
         let out = &self.out;
+        let gate = self.credit.as_deref();
         let reader = async {
             let mut buf = vec![0u8; READ_BUFFER_BYTES];
             loop {
+                // Out of credit: stop reading the destination until the server grants more.
+                if let Some(gate) = gate {
+                    if !gate.ready().await {
+                        return ConnEnd::SessionEnded;
+                    }
+                }
                 match rd.read(&mut buf).await {
                     Ok(0) => return ConnEnd::Eof,
                     Ok(n) => {
+                        if let Some(gate) = gate {
+                            gate.consume(credit::charge(n));
+                        }
                         if out.send(Packet::data(id, buf[..n].to_vec())).await.is_err() {
                             return ConnEnd::SessionEnded;
                         }
@@ -510,10 +553,20 @@ impl ConnectionTask {
             }
         };
         let writer = async {
+            let mut window = RecvWindow::default();
             while let Some(packet) = queue.recv().await {
                 if let Some(Payload::Data(d)) = packet.payload {
                     if let Err(e) = wr.write_all(&d.data).await {
                         return ConnEnd::WriteError(e);
+                    }
+                    if gate.is_some() {
+                        if let Some(grant) = window.drained(credit::charge(d.data.len())) {
+                            // The control lane never waits; if the server leaves thousands of
+                            // replies unread, keep the grant for the next one.
+                            if out.send_control(Packet::credit(id, grant)).is_err() {
+                                window.restore(grant);
+                            }
+                        }
                     }
                 }
             }
@@ -536,6 +589,9 @@ impl ConnectionTask {
         // Closing the socket: both halves dropped here.
         drop(rd);
         drop(wr);
+        if let Some(gate) = &self.credit {
+            gate.close();
+        }
         match &end {
             ConnEnd::Eof => tracing::debug!(connect_id = id, "destination closed the connection"),
             ConnEnd::ReadError(e) => {
@@ -946,5 +1002,60 @@ mod tests {
         }
         let text = String::from_utf8_lossy(&echoed);
         assert!(text.starts_with("ping0"), "{text}");
+    }
+
+    /// With flow control negotiated, the agent forwards at most a window (plus one read) of
+    /// its destination's bytes until the server grants more, and grants credit itself as its
+    /// destination writer drains.
+    #[tokio::test]
+    async fn negotiated_session_waits_for_credit_and_grants_as_it_drains() {
+        use konnectivity_tunnel::credit::{GRANT_THRESHOLD, INITIAL_WINDOW};
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut h = Harness::start(SessionConfig {
+            flow_control: true,
+            ..SessionConfig::new(150)
+        });
+        let (id, _) = h.dial(&addr.to_string(), 1).await;
+        let (dest, _) = l.accept().await.expect("accept");
+        let (mut dest_r, mut dest_w) = dest.into_split();
+        tokio::spawn(async move {
+            let _ = dest_w.write_all(&vec![1u8; 4 * 1024 * 1024]).await;
+            dest_w
+        });
+        let mut forwarded = 0usize;
+        let deadline = Instant::now() + Duration::from_millis(800);
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, h.from_agent.next()).await {
+            if let Some((cid, d)) = data_of(&p) {
+                assert_eq!(cid, id);
+                forwarded += d.len();
+            }
+        }
+        let window = INITIAL_WINDOW as usize;
+        assert!(
+            (window..=window + READ_BUFFER_BYTES).contains(&forwarded),
+            "forwarded {forwarded} bytes without credit"
+        );
+        h.send(Packet::credit(id, INITIAL_WINDOW));
+        let more = h.until(|p| data_of(p).is_some()).await;
+        assert!(data_of(&more).is_some(), "credit lets the reader go on");
+
+        // Server -> destination: once the destination has read a grant's worth, CREDIT comes.
+        h.send(Packet::data(id, vec![2u8; GRANT_THRESHOLD as usize]));
+        let mut buf = vec![0u8; GRANT_THRESHOLD as usize];
+        dest_r
+            .read_exact(&mut buf)
+            .await
+            .expect("destination reads");
+        let p = h
+            .until(|p| matches!(p.payload, Some(Payload::Credit(_))))
+            .await;
+        match p.payload {
+            Some(Payload::Credit(c)) => {
+                assert_eq!(c.connect_id, id);
+                assert!(c.bytes >= GRANT_THRESHOLD, "{}", c.bytes);
+            }
+            _ => unreachable!("filtered above"),
+        }
     }
 }

@@ -29,9 +29,10 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SyncConfig;
+use crate::config::{AgentConfig, AgentExtensions, SyncConfig, Transport};
 use crate::metrics::{Metrics, Segment};
-use crate::server::{ConnectError, ServerConnector};
+use crate::quic::{QuicConnector, QuicLink};
+use crate::server::{ConnectError, ServerConnector, SetupError};
 use crate::session::{self, SessionConfig, SessionEnd};
 
 /// Growth factor of the retry delay after a failed attempt (upstream's fixed 1.5).
@@ -200,6 +201,38 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Opens connections to a proxy-server over the configured transport; the sync loop does not
+/// care which.
+#[derive(Debug, Clone)]
+pub enum Connector {
+    /// gRPC `AgentService.Connect` over TLS/TCP (boxed: its endpoint settings are large).
+    Grpc(Box<ServerConnector>),
+    /// QUIC over UDP.
+    Quic(QuicConnector),
+}
+
+impl Connector {
+    /// The connector for the configured transport (TLS material loaded and checked).
+    pub fn new(config: &AgentConfig, extensions: &AgentExtensions) -> Result<Self, SetupError> {
+        Ok(match extensions.transport {
+            Transport::Grpc => {
+                let mut c = ServerConnector::new(config)?;
+                c.set_flow_control(extensions.flow_control);
+                Connector::Grpc(Box::new(c))
+            }
+            Transport::Quic => Connector::Quic(QuicConnector::new(config)?),
+        })
+    }
+
+    /// `host:port` of the proxy-server, for logs.
+    pub fn address(&self) -> &str {
+        match self {
+            Connector::Grpc(c) => c.address(),
+            Connector::Quic(c) => c.address(),
+        }
+    }
+}
+
 /// A held server connection.
 struct Held {
     seq: u64,
@@ -208,7 +241,7 @@ struct Held {
 
 /// Keeps sessions to the proxy-servers until `shutdown`.
 pub struct Manager {
-    connector: ServerConnector,
+    connector: Connector,
     sync: SyncConfig,
     session: SessionConfig,
     metrics: Metrics,
@@ -218,7 +251,7 @@ pub struct Manager {
 impl Manager {
     /// A manager that connects with `connector`.
     pub fn new(
-        connector: ServerConnector,
+        connector: Connector,
         sync: SyncConfig,
         session: SessionConfig,
         metrics: Metrics,
@@ -270,6 +303,9 @@ impl Manager {
                                 "connected to a server already held; closing the duplicate"
                             );
                             opened.cancel.cancel();
+                            if let Link::Quic(link) = &opened.link {
+                                link.close("already connected to this proxy-server");
+                            }
                             drop(opened);
                             Attempt::Duplicate
                         } else {
@@ -314,22 +350,33 @@ impl Manager {
         }
     }
 
-    /// One connection attempt with a fresh outbound channel.
+    /// One connection attempt (gRPC: with a fresh outbound channel).
     async fn attempt(&self, shutdown: &CancellationToken) -> Result<Opened, ConnectError> {
-        let (out, lanes) = outbound::channel(SERVER_DATA_LANE_PACKETS);
         let cancel = shutdown.child_token();
+        let connector = match &self.connector {
+            Connector::Grpc(c) => c,
+            Connector::Quic(c) => {
+                let link = c.connect().await?;
+                return Ok(Opened {
+                    server_id: link.hello.server_id.clone(),
+                    server_count: link.hello.server_count,
+                    link: Link::Quic(link),
+                    cancel,
+                });
+            }
+        };
+        let (out, lanes) = outbound::channel(SERVER_DATA_LANE_PACKETS);
         let metrics = self.metrics.clone();
         // The request body: every packet we send, counted; it ends when the session is
         // cancelled even if some task still holds a producer, so the HTTP/2 stream closes.
         let body = lanes
             .inspect(move |p: &Packet| metrics.stream_packet(Segment::FromAgent, p.kind_name()))
             .take_until(cancel.clone().cancelled_owned());
-        let stream = self.connector.connect(body).await?;
+        let stream = connector.connect(body).await?;
         Ok(Opened {
             server_id: stream.hello.server_id.clone(),
             server_count: stream.hello.server_count,
-            stream,
-            out,
+            link: Link::Grpc { stream, out },
             cancel,
         })
     }
@@ -347,25 +394,50 @@ impl Manager {
         let drain = drain.clone();
         let Opened {
             server_id,
-            stream,
-            out,
+            link,
             cancel,
             ..
         } = opened;
         tokio::spawn(async move {
-            let crate::server::ServerStream {
-                inbound, channel, ..
-            } = stream;
-            let end = session::run_session(
-                &server_id,
-                inbound,
-                out,
-                config,
-                metrics.clone(),
-                drain,
-                cancel.clone(),
-            )
-            .await;
+            let (end, channel) = match link {
+                Link::Grpc { stream, out } => {
+                    let crate::server::ServerStream {
+                        inbound,
+                        channel,
+                        flow_control,
+                        ..
+                    } = stream;
+                    if flow_control {
+                        tracing::debug!(server_id, "per-connection flow control negotiated");
+                    }
+                    let end = session::run_session(
+                        &server_id,
+                        inbound,
+                        out,
+                        SessionConfig {
+                            flow_control,
+                            ..config
+                        },
+                        metrics.clone(),
+                        drain,
+                        cancel.clone(),
+                    )
+                    .await;
+                    (end, Some(channel))
+                }
+                Link::Quic(link) => {
+                    let end = crate::quic::run_session(
+                        &server_id,
+                        link,
+                        config,
+                        metrics.clone(),
+                        drain,
+                        cancel.clone(),
+                    )
+                    .await;
+                    (end, None)
+                }
+            };
             match &end {
                 SessionEnd::ServerClosed => {
                     tracing::info!(
@@ -380,6 +452,14 @@ impl Manager {
                         code = ?status.code(),
                         error = status.message(),
                         "connection to proxy-server failed (transport error, malformed packet or message over 4 MiB); will reconnect"
+                    )
+                }
+                SessionEnd::TransportError(error) => {
+                    metrics.server_connection_failure(crate::metrics::Direction::FromServer);
+                    tracing::warn!(
+                        server_id,
+                        error,
+                        "QUIC connection to proxy-server failed; will reconnect"
                     )
                 }
                 SessionEnd::Cancelled => tracing::debug!(server_id, "server connection closed"),
@@ -404,9 +484,19 @@ fn forget(held: &mut HashMap<String, Held>, server_id: &str, seq: u64) {
 struct Opened {
     server_id: String,
     server_count: u32,
-    stream: crate::server::ServerStream,
-    out: outbound::OutboundTx,
+    link: Link,
     cancel: CancellationToken,
+}
+
+/// The transport-specific half of an opened connection.
+enum Link {
+    /// The `AgentService.Connect` stream and the outbound lanes feeding its request body.
+    Grpc {
+        stream: crate::server::ServerStream,
+        out: outbound::OutboundTx,
+    },
+    /// The QUIC connection after its hello exchange.
+    Quic(QuicLink),
 }
 
 #[cfg(test)]

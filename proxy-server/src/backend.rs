@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use konnectivity_proto::{AgentService, Packet};
-use konnectivity_tunnel::outbound;
+use konnectivity_tunnel::{credit, outbound};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::identifiers::AgentIdentifiers;
-use crate::state::{BackendHandle, Shared};
+use crate::state::{BackendHandle, BackendLink, Shared};
 
 /// Request header carrying the agent's id (exactly one value required).
 pub const AGENT_ID_HEADER: &str = "agentid";
@@ -37,6 +37,28 @@ impl Backend {
 
 type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send + 'static>>;
 
+/// The identity rules every transport applies: exactly one non-empty agent id, at most one
+/// identifiers value (parsed leniently, as upstream). The `Err` is the refusal message.
+pub fn validate_identity(
+    ids: &[String],
+    identifiers: &[&str],
+) -> Result<(String, AgentIdentifiers), String> {
+    let [agent_id] = ids else {
+        return Err(format!("expected one agent ID in the context, got {ids:?}"));
+    };
+    if agent_id.is_empty() {
+        return Err("agent ID must not be empty".to_string());
+    }
+    if identifiers.len() > 1 {
+        return Err(format!(
+            "expected at most one set of agent identifiers in the context, got {}",
+            identifiers.len()
+        ));
+    }
+    let identifiers = AgentIdentifiers::parse(identifiers.first().copied().unwrap_or(""));
+    Ok((agent_id.clone(), identifiers))
+}
+
 /// Reads the agent's identity headers, refusing the stream with a clear status if they are
 /// not as the protocol requires.
 fn identity(request: &Request<Streaming<Packet>>) -> Result<(String, AgentIdentifiers), Status> {
@@ -46,27 +68,12 @@ fn identity(request: &Request<Streaming<Packet>>) -> Result<(String, AgentIdenti
         .iter()
         .map(|v| v.to_str().unwrap_or("<non-ascii>").to_owned())
         .collect();
-    let [agent_id] = ids.as_slice() else {
-        return Err(Status::invalid_argument(format!(
-            "expected one agent ID in the context, got {ids:?}"
-        )));
-    };
-    if agent_id.is_empty() {
-        return Err(Status::invalid_argument("agent ID must not be empty"));
-    }
     let raw: Vec<&str> = md
         .get_all(AGENT_IDENTIFIERS_HEADER)
         .iter()
         .map(|v| v.to_str().unwrap_or(""))
         .collect();
-    if raw.len() > 1 {
-        return Err(Status::invalid_argument(format!(
-            "expected at most one set of agent identifiers in the context, got {}",
-            raw.len()
-        )));
-    }
-    let identifiers = AgentIdentifiers::parse(raw.first().copied().unwrap_or(""));
-    Ok((agent_id.clone(), identifiers))
+    validate_identity(&ids, &raw).map_err(Status::invalid_argument)
 }
 
 #[tonic::async_trait]
@@ -82,17 +89,25 @@ impl AgentService for Backend {
             warn!(?peer, message = status.message(), "refused agent stream");
         })?;
         let shared = Arc::clone(&self.shared);
+        // Per-connection flow control if the agent asks (only agents of ours do) and this
+        // server grants it; the answer is the echoed header.
+        let flow_control = shared.flow_control
+            && request
+                .metadata()
+                .get(credit::FLOW_CONTROL_HEADER)
+                .is_some_and(|v| v.as_bytes() == credit::FLOW_CONTROL_VERSION.as_bytes());
         let (tx, outbound) = outbound::channel(outbound::DEFAULT_DATA_LANE_PACKETS);
         let retire: CancellationToken = shared.hard_stop.child_token();
         let id = shared.add_backend(
             agent_id.clone(),
             identifiers.clone(),
             BackendHandle {
-                tx: tx.clone(),
+                link: BackendLink::Grpc(tx.clone()),
                 retire: retire.clone(),
+                flow_control,
             },
         );
-        info!(backend = %id, %agent_id, ?identifiers, ?peer, "agent connected");
+        info!(backend = %id, %agent_id, ?identifiers, ?peer, flow_control, "agent connected");
         shared
             .metrics
             .grpc_connection_opened(crate::metrics::ServiceMethod::Connect);
@@ -134,6 +149,40 @@ impl AgentService for Backend {
             SERVER_COUNT_HEADER,
             MetadataValue::from(self.shared.server_count),
         );
+        if flow_control {
+            md.insert(
+                credit::FLOW_CONTROL_HEADER,
+                MetadataValue::from_static(credit::FLOW_CONTROL_VERSION),
+            );
+        }
         Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_needs_exactly_one_non_empty_agent_id() {
+        let one = |s: &str| vec![s.to_string()];
+        assert_eq!(
+            validate_identity(&[], &[]).expect_err("none"),
+            "expected one agent ID in the context, got []"
+        );
+        assert_eq!(
+            validate_identity(&[String::from("a"), String::from("b")], &[]).expect_err("two"),
+            "expected one agent ID in the context, got [\"a\", \"b\"]"
+        );
+        assert_eq!(
+            validate_identity(&one(""), &[]).expect_err("empty"),
+            "agent ID must not be empty"
+        );
+        let (id, ids) =
+            validate_identity(&one("n1"), &["host=node1&default-route=true"]).expect("valid");
+        assert_eq!(id, "n1");
+        assert_eq!(ids.hosts, ["node1"]);
+        assert!(ids.default_route);
+        assert!(validate_identity(&one("n1"), &["a", "b"]).is_err());
     }
 }

@@ -64,7 +64,8 @@ pub struct BackendConfig {
     pub key: PathBuf,
     /// `--cluster-ca-cert`: when set, agents must present a client certificate from this CA.
     pub client_ca: Option<PathBuf>,
-    /// HTTP/2 keepalive ping interval on agent connections (`--keepalive-time`).
+    /// HTTP/2 keepalive ping interval on agent connections (`--keepalive-time`); QUIC
+    /// keep-alives use it too, capped to stay within the QUIC idle timeout.
     pub keepalive_time: Duration,
 }
 
@@ -90,4 +91,25 @@ pub struct ServerConfig {
     pub health_addr: SocketAddr,
     /// Admin listener (`/metrics`).
     pub admin_addr: SocketAddr,
+}
+
+/// Settings of this build's extensions (flags upstream does not have), kept apart from
+/// [`ServerConfig`] so code that builds a `ServerConfig` field by field keeps compiling.
+/// `Default` is what the flags default to.
+#[derive(Debug, Clone)]
+pub struct ServerExtensions {
+    /// `--enable-quic`: also accept agents over QUIC on UDP at the agent address and port.
+    pub enable_quic: bool,
+    /// Grant per-connection flow control to gRPC agents that ask for it (hidden
+    /// `--flow-control`, default true; false behaves as an upstream server, for tests).
+    pub flow_control: bool,
+}
+
+impl Default for ServerExtensions {
+    fn default() -> Self {
+        ServerExtensions {
+            enable_quic: true,
+            flow_control: true,
+        }
+    }
 }

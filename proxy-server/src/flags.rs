@@ -24,7 +24,7 @@ use konnectivity_tls::TlsError;
 
 use crate::config::{
     BackendConfig, FrontendConfig, FrontendListen, FrontendMode, ProxyStrategy, ServerConfig,
-    TlsTuning,
+    ServerExtensions, TlsTuning,
 };
 
 /// Upstream's lowest accepted port: below it are the reserved (privileged) ports.
@@ -353,6 +353,17 @@ pub struct ServerFlags {
           hide = true)]
     pub warn_on_channel_limit: Option<bool>,
 
+    /// Also accept agents over QUIC (UDP) on the agent port and bind address, with the same certificates (an extension of this build; agents choose it with --transport=quic).
+    #[arg(long = "enable-quic", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true", value_parser = parse_go_bool)]
+    pub enable_quic: bool,
+
+    /// Grant per-connection flow control to agents that ask for it (header konnectivity-flow-control); false behaves as an upstream server. Hidden: a test hook.
+    #[arg(long = "flow-control", value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true", value_parser = parse_go_bool,
+          hide = true)]
+    pub flow_control: bool,
+
     #[command(flatten)]
     pub klog: KlogFlags,
 }
@@ -458,6 +469,14 @@ impl ServerFlags {
             }
         }
         out
+    }
+
+    /// The settings of this build's extensions (`--enable-quic`).
+    pub fn extensions(&self) -> ServerExtensions {
+        ServerExtensions {
+            enable_quic: self.enable_quic,
+            flow_control: self.flow_control,
+        }
     }
 
     /// Validates as upstream's `ProxyRunOptions.Validate()` does (same order, same messages),
@@ -992,6 +1011,22 @@ mod tests {
             );
             assert_eq!(c.server_id, "abc");
         }
+    }
+
+    #[test]
+    fn quic_listener_is_on_by_default_and_can_be_disabled() {
+        let f = files();
+        assert!(
+            parse(&tcp_args(&f))
+                .expect("default")
+                .extensions()
+                .enable_quic
+        );
+        assert!(ServerExtensions::default().enable_quic);
+        let off = parse(&with(tcp_args(&f), &["--enable-quic=false"])).expect("off");
+        assert!(!off.extensions().enable_quic);
+        assert!(config(&with(tcp_args(&f), &["--enable-quic=false"])).is_ok());
+        assert!(parse(&with(tcp_args(&f), &["--enable-quic=maybe"])).is_err());
     }
 
     #[test]

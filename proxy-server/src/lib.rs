@@ -18,6 +18,7 @@ pub mod frontend;
 pub mod identifiers;
 pub mod listen;
 pub mod metrics;
+pub mod quic;
 pub mod router;
 pub mod state;
 
@@ -29,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{FrontendListen, FrontendMode, ServerConfig};
+use crate::config::{FrontendListen, FrontendMode, ServerConfig, ServerExtensions};
 use crate::state::Shared;
 
 /// ALPN of every gRPC listener: grpc-go clients refuse a connection without it.
@@ -57,9 +58,13 @@ pub enum ServerError {
     #[error("{what}: {source}")]
     Tls {
         what: &'static str,
+        /// Boxed: TLS errors are large and this enum travels in every start-up `Result`.
         #[source]
-        source: konnectivity_tls::TlsError,
+        source: Box<konnectivity_tls::TlsError>,
     },
+    /// The TLS configuration cannot be used for QUIC (it needs TLS 1.3 with AES-128-GCM).
+    #[error("QUIC agent listener: the TLS configuration cannot be used for QUIC: {0}; pass --enable-quic=false to run without it")]
+    Quic(String),
 }
 
 async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -76,6 +81,8 @@ async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, S
 #[derive(Debug, Clone)]
 pub struct BoundAddrs {
     pub agent: SocketAddr,
+    /// The QUIC (UDP) agent listener, unless `--enable-quic=false`.
+    pub agent_quic: Option<SocketAddr>,
     pub frontend: Option<SocketAddr>,
     pub health: SocketAddr,
     pub admin: SocketAddr,
@@ -85,7 +92,16 @@ pub struct BoundAddrs {
 /// `--graceful-shutdown-timeout` at once; otherwise listeners close first and open frontend
 /// connections get that long to finish before everything is cut.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let (bound, shared) = start(&config, shutdown.clone()).await?;
+    run_with(config, ServerExtensions::default(), shutdown).await
+}
+
+/// [`run`] with this build's extensions set explicitly (the binary passes its flags).
+pub async fn run_with(
+    config: ServerConfig,
+    extensions: ServerExtensions,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let (bound, shared) = start_with(&config, &extensions, shutdown.clone()).await?;
     info!(?bound, server_id = %config.server_id, "proxy-server running");
     shutdown.cancelled().await;
     stop(&shared, &config).await;
@@ -99,8 +115,17 @@ pub async fn start(
     config: &ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(BoundAddrs, Arc<Shared>), ServerError> {
+    start_with(config, &ServerExtensions::default(), shutdown).await
+}
+
+/// [`start`] with this build's extensions set explicitly.
+pub async fn start_with(
+    config: &ServerConfig,
+    extensions: &ServerExtensions,
+    shutdown: CancellationToken,
+) -> Result<(BoundAddrs, Arc<Shared>), ServerError> {
     let metrics = metrics::Metrics::new();
-    let shared = Shared::new(config, metrics.clone());
+    let shared = Shared::new(config, extensions, metrics.clone());
 
     // Agent listener: TLS, ALPN h2 required, client certificates if --cluster-ca-cert is set.
     let b = &config.backend;
@@ -112,8 +137,8 @@ pub async fn start(
         &config.tls,
     )
     .map_err(|source| ServerError::Tls {
+        source: Box::new(source),
         what: "agent listener (--cluster-cert/--cluster-key/--cluster-ca-cert)",
-        source,
     })?;
     let agent_listener = bind_tcp("agents", b.addr).await?;
     let agent_addr = agent_listener.local_addr().unwrap_or(b.addr);
@@ -135,6 +160,16 @@ pub async fn start(
             warn!(error = %e, "agent gRPC server ended with an error");
         }
     });
+    // QUIC on UDP at the very address the TCP listener got (also when the port was 0).
+    let agent_quic = if extensions.enable_quic {
+        let endpoint = quic::bind(config, agent_addr)?;
+        let addr = endpoint.local_addr().unwrap_or(agent_addr);
+        info!(%addr, "accepting agents over QUIC");
+        quic::spawn(Arc::clone(&shared), endpoint, shutdown.clone());
+        Some(addr)
+    } else {
+        None
+    };
 
     let frontend_addr = start_frontend(config, &shared, shutdown.clone()).await?;
 
@@ -142,6 +177,7 @@ pub async fn start(
     let admin_listener = bind_tcp("admin", config.admin_addr).await?;
     let bound = BoundAddrs {
         agent: agent_addr,
+        agent_quic,
         frontend: frontend_addr,
         health: health_listener.local_addr().unwrap_or(config.health_addr),
         admin: admin_listener.local_addr().unwrap_or(config.admin_addr),
@@ -229,8 +265,8 @@ async fn start_frontend(
             let tls =
                 konnectivity_tls::server_config(cert, key, Some(client_ca), &[alpn], &config.tls)
                     .map_err(|source| ServerError::Tls {
+                    source: Box::new(source),
                     what: "frontend listener (--server-cert/--server-key/--server-ca-cert)",
-                    source,
                 })?;
             let listener = bind_tcp("frontend", *addr).await?;
             let local = listener.local_addr().unwrap_or(*addr);

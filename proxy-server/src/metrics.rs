@@ -173,7 +173,7 @@ impl CodeLabel for tonic::Code {
 }
 
 /// Packet type names in `PacketType` enum order (the `packet_type` label).
-const PACKET_TYPES: [&str; 7] = [
+const PACKET_TYPES: [&str; 8] = [
     "DIAL_REQ",
     "DIAL_RSP",
     "CLOSE_REQ",
@@ -181,6 +181,8 @@ const PACKET_TYPES: [&str; 7] = [
     "DATA",
     "DIAL_CLS",
     "DRAIN",
+    // Our flow-control extension; only seen on agent streams that negotiated it.
+    "CREDIT",
 ];
 
 /// `stream_packets_total` with a per-(segment, type) cache: counting a packet is one atomic

@@ -2,13 +2,16 @@
 //!
 //! Locks are `std::sync::Mutex`es held only for table look-ups, never across an `.await`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use konnectivity_proto::{DialRequest, Packet};
+use konnectivity_tunnel::credit::{self, CreditGate, RecvWindow};
 use konnectivity_tunnel::outbound::OutboundTx;
-use konnectivity_tunnel::queue::{self, QueueRx, QueueTx, TryPushError};
+use konnectivity_tunnel::queue::{self, QueueClosed, QueueRx, QueueTx, TryPushError};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -25,27 +28,58 @@ pub const BACKEND_DIAL_TIMEOUT_ERROR: &str = "timed out waiting for backend dial
 /// dials hanging (its TODO #126); we fail them at once.
 pub const BACKEND_GONE_ERROR: &str = "Backend context error: context canceled";
 
+/// A connection established on a QUIC agent: its own stream, handed to the frontend that
+/// dialled it (before the DIAL_RSP is queued to that frontend), which then owns it.
+#[derive(Debug)]
+pub struct QuicTunnel {
+    /// The agent connection carrying it.
+    pub backend: BackendId,
+    /// Its connectID toward the frontend (the QUIC stream id).
+    pub connect_id: i64,
+    /// Bytes toward the destination.
+    pub send: quinn::SendStream,
+    /// Bytes from the destination.
+    pub recv: quinn::RecvStream,
+}
+
 /// Where packets for one frontend go, and how to abort it.
 #[derive(Debug, Clone)]
 pub struct FrontendSink {
     queue: QueueTx,
     abort: CancellationToken,
+    tunnels: mpsc::UnboundedSender<QuicTunnel>,
+}
+
+/// What a frontend receives: packets, and the streams of connections on QUIC agents.
+#[derive(Debug)]
+pub struct FrontendRx {
+    /// Packets (DIAL_RSP, DATA and CLOSE_RSP of gRPC agents, refusals).
+    pub queue: QueueRx,
+    /// QUIC connections established for this frontend; each arrives before its DIAL_RSP.
+    pub tunnels: mpsc::UnboundedReceiver<QuicTunnel>,
 }
 
 impl FrontendSink {
     /// A sink with its queue (bounded by [`queue::connection_packets`] of `xfr_channel_size`
     /// and [`queue::DEFAULT_QUEUE_BYTES`]) and an abort token that is a child of `parent`.
-    pub fn new(xfr_channel_size: usize, parent: &CancellationToken) -> (Self, QueueRx) {
+    pub fn new(xfr_channel_size: usize, parent: &CancellationToken) -> (Self, FrontendRx) {
+        // Room for a flow-controlled agent's full window of the smallest packets; memory stays
+        // bounded by the byte bound.
         let (queue, rx) = queue::channel(
-            queue::connection_packets(xfr_channel_size),
+            queue::connection_packets(xfr_channel_size).max(credit::FLOW_QUEUE_PACKETS),
             queue::DEFAULT_QUEUE_BYTES,
         );
+        let (tunnels, tunnels_rx) = mpsc::unbounded_channel();
         (
             FrontendSink {
                 queue,
                 abort: parent.child_token(),
+                tunnels,
             },
-            rx,
+            FrontendRx {
+                queue: rx,
+                tunnels: tunnels_rx,
+            },
         )
     }
 
@@ -53,15 +87,47 @@ impl FrontendSink {
     pub fn abort_token(&self) -> &CancellationToken {
         &self.abort
     }
+
+    /// Queues a packet, waiting for room: for a producer that owns one connection of this
+    /// frontend (a QUIC stream reader), whose wait pauses only that connection.
+    pub async fn push(&self, packet: Packet) -> Result<(), QueueClosed> {
+        self.queue.push(packet).await
+    }
+
+    /// Hands a QUIC connection to the frontend; gives it back if the frontend is gone.
+    pub fn attach(&self, tunnel: QuicTunnel) -> Result<(), QuicTunnel> {
+        self.tunnels.send(tunnel).map_err(|e| e.0)
+    }
 }
 
-/// An agent stream as the shell sees it.
+/// How the server reaches one agent connection.
+#[derive(Debug, Clone)]
+pub enum BackendLink {
+    /// A gRPC `AgentService.Connect` stream: every connection's packets share its outbound
+    /// lanes.
+    Grpc(OutboundTx),
+    /// A QUIC connection: every dial opens its own stream.
+    Quic(quinn::Connection),
+}
+
+/// An agent connection as the shell sees it.
 #[derive(Debug, Clone)]
 pub struct BackendHandle {
-    /// Its outbound stream.
-    pub tx: OutboundTx,
-    /// Cancelled to retire the stream (ends our side of it).
+    /// How to reach it.
+    pub link: BackendLink,
+    /// Cancelled to retire the connection (ends our side of it).
     pub retire: CancellationToken,
+    /// Per-connection flow control was negotiated on this gRPC agent stream.
+    pub flow_control: bool,
+}
+
+/// Flow-control state of one connection on a gRPC agent stream that negotiated it.
+#[derive(Debug)]
+struct Flow {
+    /// Credit toward the agent (DATA from the frontend waits on it).
+    send: Arc<CreditGate>,
+    /// Bytes the frontend drained, to grant back to the agent.
+    recv: RecvWindow,
 }
 
 /// A dial the server could not hand to an agent.
@@ -90,6 +156,12 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     backends: Mutex<Backends<BackendHandle>>,
     router: Mutex<Router<FrontendSink>>,
+    /// Dials in flight on QUIC agents, by `random`: cancelling one resets its stream.
+    quic_dials: Mutex<HashMap<i64, CancellationToken>>,
+    /// Grant per-connection flow control to agents that ask (`--flow-control`).
+    pub flow_control: bool,
+    /// Flow-controlled connections, by agent stream and connectID.
+    flows: Mutex<HashMap<(BackendId, i64), Flow>>,
     next_frontend: AtomicU64,
 }
 
@@ -100,7 +172,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(config: &ServerConfig, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        config: &ServerConfig,
+        extensions: &crate::config::ServerExtensions,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             strategies: config.proxy_strategies.clone(),
             server_id: config.server_id.clone(),
@@ -111,6 +187,9 @@ impl Shared {
             hard_stop: CancellationToken::new(),
             backends: Mutex::new(Backends::default()),
             router: Mutex::new(Router::default()),
+            quic_dials: Mutex::new(HashMap::new()),
+            flow_control: extensions.flow_control,
+            flows: Mutex::new(HashMap::new()),
             next_frontend: AtomicU64::new(1),
         })
     }
@@ -152,8 +231,15 @@ impl Shared {
         }
     }
 
+    fn backend_link(&self, id: BackendId) -> Option<BackendLink> {
+        lock(&self.backends).get(id).map(|b| b.handle.link.clone())
+    }
+
     fn backend_tx(&self, id: BackendId) -> Option<OutboundTx> {
-        lock(&self.backends).get(id).map(|b| b.handle.tx.clone())
+        match self.backend_link(id)? {
+            BackendLink::Grpc(tx) => Some(tx),
+            BackendLink::Quic(_) => None,
+        }
     }
 
     /// Deregisters a lost agent stream and tells every frontend that depended on it.
@@ -168,6 +254,12 @@ impl Shared {
                 .ready_backend_connections_set(b.agent_count() as i64);
         }
         let left = lock(&self.router).remove_backend(id);
+        lock(&self.flows).retain(|(b, _), flow| {
+            if *b == id {
+                flow.send.close();
+            }
+            *b != id
+        });
         if !left.established.is_empty() || !left.pending.is_empty() {
             info!(
                 backend = %id,
@@ -187,8 +279,8 @@ impl Shared {
 
     // ---- frontends ------------------------------------------------------------------------
 
-    /// Registers a new frontend; returns its id, sink and the queue to drain toward it.
-    pub fn add_frontend(&self) -> (FrontendId, FrontendSink, QueueRx) {
+    /// Registers a new frontend; returns its id, sink and what to drain toward it.
+    pub fn add_frontend(&self) -> (FrontendId, FrontendSink, FrontendRx) {
         let id = self.next_frontend.fetch_add(1, Ordering::Relaxed);
         let (sink, rx) = FrontendSink::new(self.xfr_channel_size, &self.hard_stop);
         lock(&self.router).add_frontend(id, sink.clone());
@@ -222,7 +314,9 @@ impl Shared {
         }
     }
 
-    /// Starts a dial for a frontend: picks an agent, records the dial, sends DIAL_REQ.
+    /// Starts a dial for a frontend: picks an agent, records the dial, sends DIAL_REQ (gRPC
+    /// agent) or opens the connection's stream (QUIC agent). The answer reaches the frontend's
+    /// queue as a DIAL_RSP either way.
     pub async fn dial(
         self: &Arc<Self>,
         frontend: FrontendId,
@@ -243,28 +337,39 @@ impl Shared {
         debug!(frontend, random = request.random, address = %request.address, %backend, "dial sent to agent");
         let packet = Packet::dial_request(&request.protocol, &request.address, request.random);
         self.metrics.stream_packet_to_agent(&packet);
-        let sent = if self.backend_dial_timeout.is_zero() {
-            handle
-                .tx
-                .send(packet)
-                .await
-                .map_err(|_| DialRefusal::BackendGone)
-        } else {
-            match tokio::time::timeout(self.backend_dial_timeout, handle.tx.send(packet)).await {
-                Ok(r) => r.map_err(|_| DialRefusal::BackendGone),
-                Err(_) => {
-                    warn!(%backend, "agent stream did not take a DIAL_REQ within --backend-dial-timeout; retiring it");
-                    handle.retire.cancel();
-                    self.metrics
-                        .dial_failure(DialFailureReason::BackendDialTimeout);
-                    Err(DialRefusal::SendTimeout)
+        match handle.link {
+            BackendLink::Grpc(tx) => {
+                let sent = if self.backend_dial_timeout.is_zero() {
+                    tx.send(packet).await.map_err(|_| DialRefusal::BackendGone)
+                } else {
+                    match tokio::time::timeout(self.backend_dial_timeout, tx.send(packet)).await {
+                        Ok(r) => r.map_err(|_| DialRefusal::BackendGone),
+                        Err(_) => {
+                            warn!(%backend, "agent stream did not take a DIAL_REQ within --backend-dial-timeout; retiring it");
+                            handle.retire.cancel();
+                            self.metrics
+                                .dial_failure(DialFailureReason::BackendDialTimeout);
+                            Err(DialRefusal::SendTimeout)
+                        }
+                    }
+                };
+                if let Err(e) = sent {
+                    lock(&self.router).cancel_dial(request.random, Some(frontend));
+                    self.update_gauges();
+                    return Err(e);
                 }
             }
-        };
-        if let Err(e) = sent {
-            lock(&self.router).cancel_dial(request.random, Some(frontend));
-            self.update_gauges();
-            return Err(e);
+            BackendLink::Quic(conn) => {
+                let cancel = CancellationToken::new();
+                lock(&self.quic_dials).insert(request.random, cancel.clone());
+                tokio::spawn(crate::quic::dial(
+                    Arc::clone(self),
+                    backend,
+                    conn,
+                    request.clone(),
+                    cancel,
+                ));
+            }
         }
         if !self.backend_dial_timeout.is_zero() {
             let shared = Arc::clone(self);
@@ -273,6 +378,7 @@ impl Shared {
                 tokio::time::sleep(shared.backend_dial_timeout).await;
                 let expired = lock(&shared.router).cancel_dial(random, Some(frontend));
                 if let Some((_, _, sink)) = expired {
+                    shared.abandon_quic_dial(random);
                     shared
                         .metrics
                         .dial_failure(DialFailureReason::BackendDialTimeout);
@@ -287,6 +393,115 @@ impl Shared {
         Ok(backend)
     }
 
+    /// Cancels the stream of a QUIC dial in flight (no-op for other dials).
+    fn abandon_quic_dial(&self, random: i64) {
+        if let Some(cancel) = lock(&self.quic_dials).get(&random) {
+            cancel.cancel();
+        }
+    }
+
+    /// A QUIC dial task is done (answered, failed or cancelled): forget its cancel handle.
+    pub(crate) fn forget_quic_dial(&self, random: i64) {
+        lock(&self.quic_dials).remove(&random);
+    }
+
+    /// Tells the agent that a dial it is making is no longer wanted: DIAL_CLS on a gRPC stream
+    /// (sent from a detached task, in order after earlier packets), a stream reset on QUIC.
+    fn cancel_backend_dial(&self, backend: BackendId, random: i64) {
+        match self.backend_link(backend) {
+            Some(BackendLink::Grpc(tx)) => self.send_detached(tx, Packet::close_dial(random)),
+            Some(BackendLink::Quic(_)) => self.abandon_quic_dial(random),
+            None => {}
+        }
+    }
+
+    /// Routes a dial's answer that arrived from `backend` (either transport): if a frontend
+    /// waits for it, returns that frontend's sink (the connection is now established if it
+    /// succeeded); `None` if nobody does (cancelled, timed out, bogus): the caller then closes
+    /// whatever the agent opened.
+    pub(crate) fn route_dial_response(
+        &self,
+        backend: BackendId,
+        random: i64,
+        connect_id: i64,
+        failed: bool,
+    ) -> Option<FrontendSink> {
+        let route = lock(&self.router).dial_response(backend, random, connect_id, failed);
+        self.update_gauges();
+        match route {
+            DialResponseRoute::Forward(_, sink) => {
+                if failed {
+                    self.metrics.dial_failure(DialFailureReason::ErrorResponse);
+                } else if connect_id != 0 && self.backend_flow_controlled(backend) {
+                    lock(&self.flows).insert(
+                        (backend, connect_id),
+                        Flow {
+                            send: Arc::new(CreditGate::new(credit::INITIAL_WINDOW)),
+                            recv: RecvWindow::default(),
+                        },
+                    );
+                }
+                Some(sink)
+            }
+            DialResponseRoute::Unrecognized => {
+                self.metrics
+                    .dial_failure(DialFailureReason::UnrecognizedResponse);
+                debug!(%backend, random, connect_id, "DIAL_RSP not recognized; dropped");
+                None
+            }
+        }
+    }
+
+    fn backend_flow_controlled(&self, backend: BackendId) -> bool {
+        lock(&self.backends)
+            .get(backend)
+            .is_some_and(|b| b.handle.flow_control)
+    }
+
+    /// Forgets a connection's flow-control state and wakes a sender waiting for its credit.
+    fn forget_flow(&self, backend: BackendId, connect_id: i64) {
+        if let Some(flow) = lock(&self.flows).remove(&(backend, connect_id)) {
+            flow.send.close();
+        }
+    }
+
+    /// A frontend's writer has drained `len` bytes of DATA of `connect_id`: on a
+    /// flow-controlled agent stream, grant that credit back (in batches) on the control lane.
+    pub fn frontend_drained(&self, frontend: FrontendId, connect_id: i64, len: usize) {
+        if !self.flow_control {
+            return;
+        }
+        let Some(backend) = lock(&self.router).route_from_frontend(frontend, connect_id) else {
+            return;
+        };
+        let grant = match lock(&self.flows).get_mut(&(backend, connect_id)) {
+            Some(flow) => flow.recv.drained(credit::charge(len)),
+            None => return,
+        };
+        let (Some(grant), Some(tx)) = (grant, self.backend_tx(backend)) else {
+            return;
+        };
+        let packet = Packet::credit(connect_id, grant);
+        self.metrics.stream_packet_to_agent(&packet);
+        if tx.send_control(packet).is_err() {
+            if let Some(flow) = lock(&self.flows).get_mut(&(backend, connect_id)) {
+                flow.recv.restore(grant);
+            }
+        }
+    }
+
+    /// A connection on a QUIC agent ended (either side): forget it; returns the frontend's
+    /// sink if the connection was still registered (then the caller owes it a CLOSE_RSP).
+    pub(crate) fn close_quic_connection(
+        &self,
+        backend: BackendId,
+        connect_id: i64,
+    ) -> Option<FrontendSink> {
+        let route = lock(&self.router).close_from_agent(backend, connect_id);
+        self.update_gauges();
+        route.map(|(_, sink)| sink)
+    }
+
     /// The frontend cancelled a dial (DIAL_CLS). Upstream only forgets it; we also forward the
     /// DIAL_CLS so an agent of ours stops dialling (an upstream agent ignores it).
     pub async fn cancel_dial(&self, frontend: FrontendId, random: i64) {
@@ -294,8 +509,14 @@ impl Shared {
         if let Some((backend, _, _)) = cancelled {
             self.metrics.dial_failure(DialFailureReason::FrontendClose);
             self.update_gauges();
-            if let Some(tx) = self.backend_tx(backend) {
-                let _ = tx.send(Packet::close_dial(random)).await;
+            match self.backend_link(backend) {
+                Some(BackendLink::Grpc(tx)) => {
+                    let packet = Packet::close_dial(random);
+                    self.metrics.stream_packet_to_agent(&packet);
+                    let _ = tx.send(packet).await;
+                }
+                Some(BackendLink::Quic(_)) => self.abandon_quic_dial(random),
+                None => {}
             }
         }
     }
@@ -316,7 +537,24 @@ impl Shared {
                 "backend not initialized"
             });
         };
+        // A connection on a QUIC agent is written by its frontend directly; one that reaches
+        // here is closing, and its stream's end tells the frontend.
         if let Some(tx) = self.backend_tx(backend) {
+            // Flow control: wait for the agent's credit for this connection. Only this
+            // frontend waits (its reader stops reading); a closed connection wakes it.
+            let gate = if self.flow_control {
+                lock(&self.flows)
+                    .get(&(backend, connect_id))
+                    .map(|f| Arc::clone(&f.send))
+            } else {
+                None
+            };
+            if let Some(gate) = gate {
+                if !gate.ready().await {
+                    return Ok(());
+                }
+                gate.consume(credit::charge(data.len()));
+            }
             let packet = Packet::data(connect_id, data);
             self.metrics.stream_packet_to_agent(&packet);
             // A closed stream means the agent is gone; its removal tells this frontend.
@@ -352,22 +590,25 @@ impl Shared {
         self.update_gauges();
         for (random, backend) in left.pending {
             self.metrics.dial_failure(DialFailureReason::FrontendClose);
-            self.send_when_possible(backend, Packet::close_dial(random));
+            self.cancel_backend_dial(backend, random);
         }
         for (backend, connect_id) in left.established {
-            self.send_when_possible(backend, Packet::close_request(connect_id));
+            self.forget_flow(backend, connect_id);
+            // QUIC connections belong to the frontend's own tasks, which reset their streams
+            // as they end; only gRPC agents need a packet.
+            if let Some(tx) = self.backend_tx(backend) {
+                self.send_detached(tx, Packet::close_request(connect_id));
+            }
         }
     }
 
-    /// Sends on a backend's data lane (keeping order after earlier DATA) from a detached task,
-    /// so the caller never waits on a busy agent stream.
-    fn send_when_possible(&self, backend: BackendId, packet: Packet) {
-        if let Some(tx) = self.backend_tx(backend) {
-            self.metrics.stream_packet_to_agent(&packet);
-            tokio::spawn(async move {
-                let _ = tx.send(packet).await;
-            });
-        }
+    /// Sends on a gRPC agent's data lane (keeping order after earlier DATA) from a detached
+    /// task, so the caller never waits on a busy agent stream.
+    fn send_detached(&self, tx: OutboundTx, packet: Packet) {
+        self.metrics.stream_packet_to_agent(&packet);
+        tokio::spawn(async move {
+            let _ = tx.send(packet).await;
+        });
     }
 
     // ---- packets from agents --------------------------------------------------------------
@@ -381,24 +622,11 @@ impl Shared {
         match (kind, &packet.payload) {
             (Some(T::DialRsp), Some(P::DialResponse(rsp))) => {
                 let failed = !rsp.error.is_empty();
-                let route =
-                    lock(&self.router).dial_response(backend, rsp.random, rsp.connect_id, failed);
-                self.update_gauges();
-                match route {
-                    DialResponseRoute::Forward(_, sink) => {
-                        if failed {
-                            self.metrics.dial_failure(DialFailureReason::ErrorResponse);
-                        }
-                        self.deliver(&sink, packet);
-                    }
-                    DialResponseRoute::Unrecognized => {
-                        self.metrics
-                            .dial_failure(DialFailureReason::UnrecognizedResponse);
-                        debug!(%backend, random = rsp.random, connect_id = rsp.connect_id, "DIAL_RSP not recognized; dropped");
-                        if rsp.connect_id != 0 {
-                            self.reply(reply, Packet::close_request(rsp.connect_id));
-                        }
-                    }
+                let (random, connect_id) = (rsp.random, rsp.connect_id);
+                match self.route_dial_response(backend, random, connect_id, failed) {
+                    Some(sink) => self.deliver(&sink, packet),
+                    None if connect_id != 0 => self.reply(reply, Packet::close_request(connect_id)),
+                    None => {}
                 }
             }
             (Some(T::Data), Some(P::Data(d))) => {
@@ -416,6 +644,7 @@ impl Shared {
             }
             (Some(T::CloseRsp), Some(P::CloseResponse(c))) => {
                 let route = lock(&self.router).close_from_agent(backend, c.connect_id);
+                self.forget_flow(backend, c.connect_id);
                 self.update_gauges();
                 match route {
                     Some((_, sink)) => self.deliver(&sink, packet),
@@ -435,6 +664,17 @@ impl Shared {
                 }
             }
             (Some(T::Drain), _) => self.drain_backend(backend),
+            (Some(T::Credit), Some(P::Credit(c))) => {
+                let gate = lock(&self.flows)
+                    .get(&(backend, c.connect_id))
+                    .map(|f| Arc::clone(&f.send));
+                match gate {
+                    Some(gate) => gate.grant(c.bytes),
+                    None => {
+                        debug!(%backend, connect_id = c.connect_id, "CREDIT for a connection without flow control; ignored")
+                    }
+                }
+            }
             _ => warn!(
                 %backend,
                 packet_type = packet.kind_name(),

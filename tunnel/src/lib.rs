@@ -10,11 +10,17 @@
 //!   aborted instead of blocking its neighbours.
 //! * [`outbound`]: the shared stream toward a peer has two lanes, so control packets (close
 //!   acknowledgements, refusals) cannot be starved or deadlocked behind bulk data.
+//! * [`credit`]: per-connection flow control on the shared gRPC stream when both ends are
+//!   ours (negotiated by a header): a stalled reader then pauses only its own sender.
+//! * [`quic`]: the QUIC transport's shared pieces (ALPN, error codes, stream-header framing,
+//!   transport limits, raw byte pumps): there every connection is its own QUIC stream.
 
 #![forbid(unsafe_code)]
 
+pub mod credit;
 pub mod outbound;
 pub mod queue;
+pub mod quic;
 
 /// A fresh dial id (`random` in `DialRequest`), as upstream's `rand.Int63()`: never negative.
 ///

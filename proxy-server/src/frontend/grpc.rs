@@ -2,17 +2,23 @@
 //! dial (upstream's single-use tunnel), possibly many streams on one HTTP/2 connection (the
 //! reusable-tunnel client).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use konnectivity_proto::{Packet, PacketType as T, Payload as P, ProxyService};
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use crate::metrics::ServiceMethod;
+use crate::quic::{packet_pump, PumpInput, PUMP_INPUT_PACKETS};
 use crate::router::FrontendId;
-use crate::state::{FrontendSink, Shared};
+use crate::state::{FrontendSink, QuicTunnel, Shared};
+
+/// This frontend's connections on QUIC agents: connectID → the writer side of its pump.
+type QuicConns = HashMap<i64, mpsc::Sender<PumpInput>>;
 
 /// The `ProxyService` implementation.
 #[derive(Debug, Clone)]
@@ -42,8 +48,20 @@ impl ProxyService for GrpcFrontend {
         debug!(frontend = id, user_agent = ?request.metadata().get("user-agent"), "frontend stream opened");
         let inbound = request.into_inner();
         let abort = sink.abort_token().clone();
-        tokio::spawn(serve(shared, id, sink, inbound));
-        let body = rx.into_stream().map(Ok).take_until(abort.cancelled_owned());
+        tokio::spawn(serve(shared, id, sink, inbound, rx.tunnels));
+        // A DATA packet leaving the queue toward the frontend is drained: on a flow-controlled
+        // agent stream that returns credit to the agent.
+        let drained = Arc::clone(&self.shared);
+        let body = rx
+            .queue
+            .into_stream()
+            .inspect(move |p: &Packet| {
+                if let Some(P::Data(d)) = &p.payload {
+                    drained.frontend_drained(id, d.connect_id, d.data.len());
+                }
+            })
+            .map(Ok)
+            .take_until(abort.cancelled_owned());
         Ok(Response::new(Box::pin(body)))
     }
 }
@@ -54,10 +72,19 @@ async fn serve(
     id: FrontendId,
     sink: FrontendSink,
     mut inbound: Streaming<Packet>,
+    mut tunnels: mpsc::UnboundedReceiver<QuicTunnel>,
 ) {
+    let mut quic = QuicConns::new();
     loop {
         let msg = tokio::select! {
+            // Tunnels first: one always arrives before its DIAL_RSP, hence before the
+            // frontend's first DATA for it.
+            biased;
             _ = sink.abort_token().cancelled() => break,
+            Some(tunnel) = tunnels.recv() => {
+                start_pump(&shared, &sink, &mut quic, tunnel);
+                continue;
+            }
             m = inbound.message() => m,
         };
         let packet = match msg {
@@ -74,13 +101,31 @@ async fn serve(
             }
         };
         shared.metrics.stream_packet_from_client(&packet);
-        handle(&shared, id, &sink, packet).await;
+        while let Ok(tunnel) = tunnels.try_recv() {
+            start_pump(&shared, &sink, &mut quic, tunnel);
+        }
+        handle(&shared, id, &sink, &mut quic, packet).await;
     }
+    // Dropping the pumps' inputs ends them (their streams are reset).
+    drop(quic);
     shared.remove_frontend(id);
     shared.metrics.grpc_connection_closed(ServiceMethod::Proxy);
 }
 
-async fn handle(shared: &Arc<Shared>, id: FrontendId, sink: &FrontendSink, packet: Packet) {
+/// Starts the pump of a QUIC connection this frontend dialled.
+fn start_pump(shared: &Arc<Shared>, sink: &FrontendSink, quic: &mut QuicConns, tunnel: QuicTunnel) {
+    let (tx, rx) = mpsc::channel(PUMP_INPUT_PACKETS);
+    quic.insert(tunnel.connect_id, tx);
+    tokio::spawn(packet_pump(Arc::clone(shared), sink.clone(), tunnel, rx));
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    id: FrontendId,
+    sink: &FrontendSink,
+    quic: &mut QuicConns,
+    packet: Packet,
+) {
     let kind = packet.kind();
     match (kind, packet.payload) {
         (Some(T::DialReq), Some(P::DialRequest(req))) => {
@@ -96,11 +141,24 @@ async fn handle(shared: &Arc<Shared>, id: FrontendId, sink: &FrontendSink, packe
             if d.connect_id == 0 {
                 return;
             }
+            if let Some(pump) = quic.get(&d.connect_id) {
+                // Waits while the connection's stream is flow-controlled: only this frontend
+                // pauses. A pump that ended has already sent its CLOSE_RSP.
+                if pump.send(PumpInput::Data(d.data)).await.is_err() {
+                    quic.remove(&d.connect_id);
+                }
+                return;
+            }
             if let Err(why) = shared.data_to_agent(id, d.connect_id, d.data).await {
                 shared.deliver(sink, Packet::close_response(d.connect_id, why));
             }
         }
         (Some(T::CloseReq), Some(P::CloseRequest(c))) => {
+            if let Some(pump) = quic.remove(&c.connect_id) {
+                // The pump answers CLOSE_RSP; if it already ended it has sent one.
+                let _ = pump.send(PumpInput::Close).await;
+                return;
+            }
             if let Err(why) = shared.close_to_agent(id, c.connect_id).await {
                 shared.deliver(sink, Packet::close_response(c.connect_id, why));
             }

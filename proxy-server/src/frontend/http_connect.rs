@@ -13,7 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::router::FrontendId;
-use crate::state::{DialRefusal, Shared, BACKEND_DIAL_TIMEOUT_ERROR, BACKEND_GONE_ERROR};
+use crate::state::{
+    DialRefusal, FrontendRx, QuicTunnel, Shared, BACKEND_DIAL_TIMEOUT_ERROR, BACKEND_GONE_ERROR,
+};
+use konnectivity_tunnel::quic::{self, io_to_quic, quic_to_io};
 
 /// How long a client may take to send its request head (Go's `ReadHeaderTimeout` upstream).
 /// Cost: an idle connection that never sends a request holds a socket this long.
@@ -190,7 +193,7 @@ async fn tunnel<IO>(
     io: &mut IO,
     id: FrontendId,
     sink: &crate::state::FrontendSink,
-    rx: &mut konnectivity_tunnel::queue::QueueRx,
+    rx: &mut FrontendRx,
     authority: String,
     mut early: Vec<u8>,
 ) -> Result<(), String>
@@ -220,7 +223,7 @@ where
     let connect_id = loop {
         tokio::select! {
             _ = abort.cancelled() => return Err("aborted while dialling".into()),
-            packet = rx.recv() => {
+            packet = rx.queue.recv() => {
                 let Some(packet) = packet else { return Err("frontend queue closed".into()) };
                 match (packet.kind(), packet.payload) {
                     (Some(T::DialRsp), Some(P::DialResponse(rsp))) => {
@@ -249,6 +252,17 @@ where
         .map_err(|e| format!("writing 200 failed: {e}"))?;
     io.flush().await.map_err(|e| format!("flush failed: {e}"))?;
     debug!(frontend = id, connect_id, address = %authority, "HTTP CONNECT tunnel established");
+    // A connection on a QUIC agent arrives (before its DIAL_RSP) as its own stream: pump raw
+    // bytes, with QUIC's per-stream flow control as the only back-pressure.
+    if let Ok(tunnel) = rx.tunnels.try_recv() {
+        if tunnel.connect_id == connect_id {
+            return raw_quic(shared, io, tunnel, early, &abort).await;
+        }
+        // Not ours (cannot happen: one dial per HTTP CONNECT connection); drop it properly.
+        let (mut send, mut recv) = (tunnel.send, tunnel.recv);
+        let _ = send.reset(quic::STREAM_ABORTED);
+        let _ = recv.stop(quic::STREAM_ABORTED);
+    }
     if !early.is_empty() {
         shared
             .data_to_agent(id, connect_id, early)
@@ -274,12 +288,13 @@ where
         }
     };
     let downstream = async {
-        while let Some(packet) = rx.recv().await {
+        while let Some(packet) = rx.queue.recv().await {
             match (packet.kind(), packet.payload) {
                 (Some(T::Data), Some(P::Data(d))) => {
                     if let Err(e) = wr.write_all(&d.data).await {
                         return format!("client write failed: {e}");
                     }
+                    shared.frontend_drained(id, connect_id, d.data.len());
                 }
                 (Some(T::CloseRsp), _) | (Some(T::DialCls), _) => {
                     return "agent closed the connection".to_string()
@@ -295,6 +310,62 @@ where
         _ = abort.cancelled() => "aborted: client stopped reading or server stopping".to_string(),
     };
     Err(why)
+}
+
+/// Pumps raw bytes between the client and a QUIC stream until both directions are finished
+/// (half-close travels both ways: the client's EOF becomes the stream's FIN and vice versa),
+/// or either side fails (then the stream is reset).
+async fn raw_quic<IO>(
+    shared: &Arc<Shared>,
+    io: &mut IO,
+    tunnel: QuicTunnel,
+    early: Vec<u8>,
+    abort: &tokio_util::sync::CancellationToken,
+) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let QuicTunnel {
+        backend,
+        connect_id,
+        mut send,
+        mut recv,
+    } = tunnel;
+    let outcome: Result<(), String> = async {
+        if !early.is_empty() {
+            send.write_all(&early)
+                .await
+                .map_err(|e| format!("agent stream failed: {e}"))?;
+        }
+        let (mut rd, mut wr) = tokio::io::split(&mut *io);
+        let up = io_to_quic(&mut rd, &mut send);
+        let down = quic_to_io(&mut recv, &mut wr);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        while !(up_done && down_done) {
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Ok(_) => up_done = true,
+                    Err(e) => return Err(format!("client to agent: {e}")),
+                },
+                r = &mut down, if !down_done => match r {
+                    Ok(_) => down_done = true,
+                    Err(e) => return Err(format!("agent to client: {e}")),
+                },
+                _ = abort.cancelled() => {
+                    return Err("aborted: server stopping".to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if outcome.is_err() {
+        let _ = send.reset(quic::STREAM_ABORTED);
+        let _ = recv.stop(quic::STREAM_ABORTED);
+    }
+    shared.close_quic_connection(backend, connect_id);
+    outcome.and(Err("tunnel closed by both sides".to_string()))
 }
 
 #[cfg(test)]
