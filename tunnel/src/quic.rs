@@ -261,6 +261,9 @@ where
     let mut total = 0u64;
     while let Some(chunk) = recv.read_chunk(COPY_CHUNK_BYTES, true).await? {
         w.write_all(&chunk.bytes).await?;
+        // A TLS writer may keep records buffered after `write_all` returns; without a flush
+        // the last bytes of a reply can sit there until the next write, which never comes.
+        w.flush().await?;
         total += chunk.bytes.len() as u64;
     }
     w.shutdown().await?;

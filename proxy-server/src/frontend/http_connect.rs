@@ -291,7 +291,13 @@ where
         while let Some(packet) = rx.queue.recv().await {
             match (packet.kind(), packet.payload) {
                 (Some(T::Data), Some(P::Data(d))) => {
-                    if let Err(e) = wr.write_all(&d.data).await {
+                    // Flush: a TLS writer may otherwise keep the last records buffered.
+                    if let Err(e) = async {
+                        wr.write_all(&d.data).await?;
+                        wr.flush().await
+                    }
+                    .await
+                    {
                         return format!("client write failed: {e}");
                     }
                     shared.frontend_drained(id, connect_id, d.data.len());

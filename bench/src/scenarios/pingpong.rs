@@ -1,0 +1,38 @@
+//! Round-trip latency of small messages on one established tunnel; every echo is verified.
+
+use tokio::time::Instant;
+
+use super::{Ctx, Measurement};
+use crate::conn::ping_message;
+use crate::error::{BenchError, Result};
+use crate::sinks::Op;
+use crate::stats::Samples;
+
+/// Untimed round trips before measuring (connection warm-up, lazy allocations).
+pub const PINGPONG_WARMUP: usize = 100;
+
+/// Runs the ping-pong scenario.
+pub async fn run(ctx: &Ctx<'_>) -> Result<Measurement> {
+    let n = ctx.config.pingpongs;
+    let size = ctx.config.pingpong_size;
+    let mut c = ctx.route.connect(ctx.dest).await?;
+    c.request(Op::Echo, 0, 0).await?;
+    let mut samples = Samples::with_capacity(n);
+    let (mut msg, mut buf) = (Vec::with_capacity(size), vec![0u8; size]);
+    for i in 0..PINGPONG_WARMUP + n {
+        ping_message(i as u64, size, &mut msg);
+        let t0 = Instant::now();
+        c.round_trip(&msg, &mut buf).await?;
+        if i >= PINGPONG_WARMUP {
+            samples.push(t0.elapsed());
+        }
+    }
+    c.close().await;
+    let (p50, p99) = samples
+        .p50_p99()
+        .ok_or_else(|| BenchError::Config("no round trips measured".into()))?;
+    let mut m = Measurement::default();
+    m.push("p50", "µs", p50);
+    m.push("p99", "µs", p99);
+    Ok(m)
+}
