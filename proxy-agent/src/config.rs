@@ -70,11 +70,12 @@ pub struct AgentConfig {
     pub health_addr: SocketAddr,
     /// Admin listener (`/metrics` redirects to the health port).
     pub admin_addr: SocketAddr,
+    /// This build's extensions (transport, flow control).
+    pub extensions: AgentExtensions,
 }
 
-/// Settings of this build's extensions (flags upstream does not have), kept apart from
-/// [`AgentConfig`] so code that builds an `AgentConfig` field by field keeps compiling.
-/// `Default` is what the flags default to.
+/// Settings of this build's extensions (flags upstream does not have), grouped so they are
+/// easy to tell from upstream's settings. `Default` is what the flags default to.
 #[derive(Debug, Clone)]
 pub struct AgentExtensions {
     /// `--transport`.

@@ -627,7 +627,7 @@ impl AgentFlags {
         }
 
         // --- what this build needs ---
-        self.extensions()?;
+        let extensions = self.extensions()?;
         if self.ca_cert.is_empty() {
             return invalid(
                 "failed to read CA cert : --ca-cert is required; point it at the CA that signed the \
@@ -705,6 +705,7 @@ impl AgentFlags {
             warn_on_channel_limit: self.warn_on_channel_limit,
             health_addr,
             admin_addr,
+            extensions,
         })
     }
 }

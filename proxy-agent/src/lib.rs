@@ -78,15 +78,7 @@ impl std::fmt::Debug for Agent {
 impl Agent {
     /// Validates the configuration (loads TLS material) and binds the health and admin ports.
     pub async fn bind(config: config::AgentConfig) -> Result<Self, AgentError> {
-        Self::bind_with(config, config::AgentExtensions::default()).await
-    }
-
-    /// [`Agent::bind`] with this build's extensions set explicitly (`--transport`).
-    pub async fn bind_with(
-        config: config::AgentConfig,
-        extensions: config::AgentExtensions,
-    ) -> Result<Self, AgentError> {
-        let connector = Connector::new(&config, &extensions)?;
+        let connector = Connector::new(&config)?;
         let health = bind("health", config.health_addr).await?;
         let admin = bind("admin", config.admin_addr).await?;
         Ok(Agent {
@@ -197,18 +189,5 @@ pub async fn run(
     drain: CancellationToken,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    run_with(config, config::AgentExtensions::default(), drain, shutdown).await
-}
-
-/// [`run`] with this build's extensions set explicitly (the binary passes its flags).
-pub async fn run_with(
-    config: config::AgentConfig,
-    extensions: config::AgentExtensions,
-    drain: CancellationToken,
-    shutdown: CancellationToken,
-) -> Result<(), AgentError> {
-    Agent::bind_with(config, extensions)
-        .await?
-        .run(drain, shutdown)
-        .await
+    Agent::bind(config).await?.run(drain, shutdown).await
 }

@@ -75,10 +75,7 @@ enum Outcome {
     DeadlineExpired,
 }
 
-fn serve(
-    config: proxy_agent::config::AgentConfig,
-    extensions: proxy_agent::config::AgentExtensions,
-) -> anyhow::Result<()> {
+fn serve(config: proxy_agent::config::AgentConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,7 +86,7 @@ fn serve(
         let signals =
             ShutdownSignals::install().context("cannot install SIGTERM/SIGINT handlers")?;
         tokio::spawn(handle_signals(signals, drain.clone(), shutdown.clone()));
-        let run = proxy_agent::run_with(config, extensions, drain, shutdown.clone());
+        let run = proxy_agent::run(config, drain, shutdown.clone());
         tokio::pin!(run);
         let deadline = async {
             shutdown.cancelled().await;
@@ -120,13 +117,6 @@ fn main() -> ExitCode {
     let flags = AgentFlags::parse();
     let klog = flags.klog.clone();
     let notices = flags.notices();
-    let extensions = match flags.extensions() {
-        Ok(extensions) => extensions,
-        Err(e) => {
-            eprintln!("Error: invalid flags: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
     let config = match flags.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -146,10 +136,9 @@ fn main() -> ExitCode {
     }
     tracing::info!(
         ?config,
-        ?extensions,
         "proxy-agent starting with this effective configuration"
     );
-    match serve(config, extensions) {
+    match serve(config) {
         Ok(()) => {
             tracing::info!("proxy-agent stopped");
             ExitCode::SUCCESS

@@ -29,7 +29,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, AgentExtensions, SyncConfig, Transport};
+use crate::config::{AgentConfig, SyncConfig, Transport};
 use crate::metrics::{Metrics, Segment};
 use crate::quic::{QuicConnector, QuicLink};
 use crate::server::{ConnectError, ServerConnector, SetupError};
@@ -213,7 +213,8 @@ pub enum Connector {
 
 impl Connector {
     /// The connector for the configured transport (TLS material loaded and checked).
-    pub fn new(config: &AgentConfig, extensions: &AgentExtensions) -> Result<Self, SetupError> {
+    pub fn new(config: &AgentConfig) -> Result<Self, SetupError> {
+        let extensions = &config.extensions;
         Ok(match extensions.transport {
             Transport::Grpc => {
                 let mut c = ServerConnector::new(config)?;

@@ -355,6 +355,7 @@ fn config_for(port: u16, ca: PathBuf) -> AgentConfig {
         warn_on_channel_limit: false,
         health_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
+        extensions: Default::default(),
     }
 }
 

@@ -91,11 +91,12 @@ pub struct ServerConfig {
     pub health_addr: SocketAddr,
     /// Admin listener (`/metrics`).
     pub admin_addr: SocketAddr,
+    /// This build's extensions (QUIC, flow control).
+    pub extensions: ServerExtensions,
 }
 
-/// Settings of this build's extensions (flags upstream does not have), kept apart from
-/// [`ServerConfig`] so code that builds a `ServerConfig` field by field keeps compiling.
-/// `Default` is what the flags default to.
+/// Settings of this build's extensions (flags upstream does not have), grouped so they are
+/// easy to tell from upstream's settings. `Default` is what the flags default to.
 #[derive(Debug, Clone)]
 pub struct ServerExtensions {
     /// `--enable-quic`: also accept agents over QUIC on UDP at the agent address and port.

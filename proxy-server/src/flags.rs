@@ -491,6 +491,7 @@ impl ServerFlags {
         self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ServerConfig, FlagError> {
+        let extensions = self.extensions();
         let invalid = |m: String| Err(FlagError::Invalid(m));
 
         // --- upstream Validate(), in its order ---
@@ -795,6 +796,7 @@ impl ServerFlags {
             graceful_shutdown_timeout,
             health_addr,
             admin_addr,
+            extensions,
         })
     }
 }

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{FrontendListen, FrontendMode, ServerConfig, ServerExtensions};
+use crate::config::{FrontendListen, FrontendMode, ServerConfig};
 use crate::state::Shared;
 
 /// ALPN of every gRPC listener: grpc-go clients refuse a connection without it.
@@ -92,16 +92,7 @@ pub struct BoundAddrs {
 /// `--graceful-shutdown-timeout` at once; otherwise listeners close first and open frontend
 /// connections get that long to finish before everything is cut.
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
-    run_with(config, ServerExtensions::default(), shutdown).await
-}
-
-/// [`run`] with this build's extensions set explicitly (the binary passes its flags).
-pub async fn run_with(
-    config: ServerConfig,
-    extensions: ServerExtensions,
-    shutdown: CancellationToken,
-) -> Result<(), ServerError> {
-    let (bound, shared) = start_with(&config, &extensions, shutdown.clone()).await?;
+    let (bound, shared) = start(&config, shutdown.clone()).await?;
     info!(?bound, server_id = %config.server_id, "proxy-server running");
     shutdown.cancelled().await;
     stop(&shared, &config).await;
@@ -115,17 +106,9 @@ pub async fn start(
     config: &ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(BoundAddrs, Arc<Shared>), ServerError> {
-    start_with(config, &ServerExtensions::default(), shutdown).await
-}
-
-/// [`start`] with this build's extensions set explicitly.
-pub async fn start_with(
-    config: &ServerConfig,
-    extensions: &ServerExtensions,
-    shutdown: CancellationToken,
-) -> Result<(BoundAddrs, Arc<Shared>), ServerError> {
+    let extensions = &config.extensions;
     let metrics = metrics::Metrics::new();
-    let shared = Shared::new(config, extensions, metrics.clone());
+    let shared = Shared::new(config, metrics.clone());
 
     // Agent listener: TLS, ALPN h2 required, client certificates if --cluster-ca-cert is set.
     let b = &config.backend;

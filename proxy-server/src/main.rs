@@ -61,10 +61,7 @@ async fn handle_signals(mut signals: ShutdownSignals, shutdown: CancellationToke
     std::process::exit(EXIT_SECOND_SIGNAL);
 }
 
-fn serve(
-    config: proxy_server::config::ServerConfig,
-    extensions: proxy_server::config::ServerExtensions,
-) -> anyhow::Result<()> {
+fn serve(config: proxy_server::config::ServerConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,7 +71,7 @@ fn serve(
         let signals =
             ShutdownSignals::install().context("cannot install SIGTERM/SIGINT handlers")?;
         tokio::spawn(handle_signals(signals, shutdown.clone()));
-        proxy_server::run_with(config, extensions, shutdown)
+        proxy_server::run(config, shutdown)
             .await
             .context("proxy-server stopped with an error")
     });
@@ -86,7 +83,6 @@ fn main() -> ExitCode {
     let flags = ServerFlags::parse();
     let klog = flags.klog.clone();
     let notices = flags.notices();
-    let extensions = flags.extensions();
     let config = match flags.into_config() {
         Ok(config) => config,
         Err(e) => {
@@ -106,10 +102,9 @@ fn main() -> ExitCode {
     }
     tracing::info!(
         ?config,
-        ?extensions,
         "proxy-server starting with this effective configuration"
     );
-    match serve(config, extensions) {
+    match serve(config) {
         Ok(()) => {
             tracing::info!("proxy-server stopped");
             ExitCode::SUCCESS

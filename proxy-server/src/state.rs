@@ -172,11 +172,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(
-        config: &ServerConfig,
-        extensions: &crate::config::ServerExtensions,
-        metrics: Metrics,
-    ) -> Arc<Self> {
+    pub fn new(config: &ServerConfig, metrics: Metrics) -> Arc<Self> {
+        let extensions = &config.extensions;
         Arc::new(Shared {
             strategies: config.proxy_strategies.clone(),
             server_id: config.server_id.clone(),

@@ -383,15 +383,13 @@ async fn enable_quic_false_binds_no_udp_listener() {
         graceful_shutdown_timeout: Duration::ZERO,
         health_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
+        extensions: proxy_server::config::ServerExtensions {
+            enable_quic: false,
+            ..Default::default()
+        },
     };
     let stop = CancellationToken::new();
-    let off = proxy_server::config::ServerExtensions {
-        enable_quic: false,
-        ..Default::default()
-    };
-    let (bound, shared) = proxy_server::start_with(&config, &off, stop.clone())
-        .await
-        .unwrap();
+    let (bound, shared) = proxy_server::start(&config, stop.clone()).await.unwrap();
     assert!(bound.agent_quic.is_none());
     // Nothing answers QUIC there: the agent's attempt fails.
     let connector =

@@ -102,11 +102,10 @@ pub async fn start_server_with(
         graceful_shutdown_timeout: Duration::ZERO,
         health_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
+        extensions: extensions.clone(),
     };
     let stop = CancellationToken::new();
-    let (bound, shared) = proxy_server::start_with(&config, extensions, stop.clone())
-        .await
-        .unwrap();
+    let (bound, shared) = proxy_server::start(&config, stop.clone()).await.unwrap();
     let quic = bound.agent_quic.expect("QUIC listener enabled");
     assert_eq!(quic.port(), bound.agent.port(), "same port number as gRPC");
     Proxy {
@@ -143,6 +142,7 @@ pub fn agent_config(pki: &TestPki, port: u16, agent_id: &str) -> AgentConfig {
         warn_on_channel_limit: false,
         health_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
+        extensions: AgentExtensions::default(),
     }
 }
 
@@ -168,10 +168,12 @@ pub async fn start_agent(config: AgentConfig) -> RunningAgent {
     start_agent_with(config, quic).await
 }
 
-pub async fn start_agent_with(config: AgentConfig, extensions: AgentExtensions) -> RunningAgent {
-    let agent = proxy_agent::Agent::bind_with(config, extensions)
-        .await
-        .unwrap();
+pub async fn start_agent_with(
+    mut config: AgentConfig,
+    extensions: AgentExtensions,
+) -> RunningAgent {
+    config.extensions = extensions;
+    let agent = proxy_agent::Agent::bind(config).await.unwrap();
     let status = agent.status();
     let metrics = agent.metrics();
     let drain = CancellationToken::new();

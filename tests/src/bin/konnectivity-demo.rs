@@ -100,6 +100,7 @@ fn server_config(
         graceful_shutdown_timeout: Duration::ZERO,
         health_addr: loopback0(),
         admin_addr: loopback0(),
+        extensions: Default::default(),
     }
 }
 
@@ -132,6 +133,7 @@ fn agent_config(pki: &PkiPaths, id: &str, server_port: u16) -> anyhow::Result<Ag
         warn_on_channel_limit: false,
         health_addr: loopback0(),
         admin_addr: loopback0(),
+        extensions: Default::default(),
     })
 }
 
