@@ -32,6 +32,57 @@ pub const PROXY_PATH: &str = "/ProxyService/Proxy";
 /// gRPC path of the backend service (proxy-agent → proxy-server).
 pub const CONNECT_PATH: &str = "/AgentService/Connect";
 
+/// Every `PacketType` name in enum order (index = the type's number): the `packet_type` label
+/// values of both binaries' `stream_packets_total`, so metrics can pre-index them.
+pub const PACKET_TYPE_NAMES: [&str; 8] = [
+    "DIAL_REQ",
+    "DIAL_RSP",
+    "CLOSE_REQ",
+    "CLOSE_RSP",
+    "DATA",
+    "DIAL_CLS",
+    "DRAIN",
+    // Our flow-control extension; only seen on agent streams that negotiated it.
+    "CREDIT",
+];
+
+/// A gRPC status code rendered as Go's `codes.Code.String()` (the `code` label of upstream's
+/// `stream_errors_total`): implemented for `tonic::Code` and for a literal name.
+pub trait CodeLabel {
+    /// Go's name of the code, e.g. `Unavailable`.
+    fn code_label(&self) -> &'static str;
+}
+
+impl CodeLabel for &'static str {
+    fn code_label(&self) -> &'static str {
+        self
+    }
+}
+
+impl CodeLabel for tonic::Code {
+    fn code_label(&self) -> &'static str {
+        match self {
+            tonic::Code::Ok => "OK",
+            tonic::Code::Cancelled => "Canceled",
+            tonic::Code::Unknown => "Unknown",
+            tonic::Code::InvalidArgument => "InvalidArgument",
+            tonic::Code::DeadlineExceeded => "DeadlineExceeded",
+            tonic::Code::NotFound => "NotFound",
+            tonic::Code::AlreadyExists => "AlreadyExists",
+            tonic::Code::PermissionDenied => "PermissionDenied",
+            tonic::Code::ResourceExhausted => "ResourceExhausted",
+            tonic::Code::FailedPrecondition => "FailedPrecondition",
+            tonic::Code::Aborted => "Aborted",
+            tonic::Code::OutOfRange => "OutOfRange",
+            tonic::Code::Unimplemented => "Unimplemented",
+            tonic::Code::Internal => "Internal",
+            tonic::Code::Unavailable => "Unavailable",
+            tonic::Code::DataLoss => "DataLoss",
+            tonic::Code::Unauthenticated => "Unauthenticated",
+        }
+    }
+}
+
 /// Constructors for every packet shape, so callers never build a `Packet` whose `type`
 /// disagrees with its payload (receivers dispatch on `type`).
 impl Packet {
@@ -225,6 +276,22 @@ mod tests {
         let p = Packet::decode(&bytes[..]).expect("valid protobuf");
         assert_eq!(p.kind(), None);
         assert_eq!(p.kind_name(), "Unknown");
+    }
+
+    #[test]
+    fn packet_type_names_follow_the_enum() {
+        for (i, name) in PACKET_TYPE_NAMES.iter().enumerate() {
+            let kind = PacketType::try_from(i as i32).expect("known type");
+            assert_eq!(kind.as_str_name(), *name);
+        }
+        assert!(PacketType::try_from(PACKET_TYPE_NAMES.len() as i32).is_err());
+    }
+
+    #[test]
+    fn grpc_codes_use_gos_names() {
+        assert_eq!(tonic::Code::Cancelled.code_label(), "Canceled");
+        assert_eq!(tonic::Code::Unavailable.code_label(), "Unavailable");
+        assert_eq!("Custom".code_label(), "Custom");
     }
 
     #[test]

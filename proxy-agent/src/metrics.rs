@@ -11,6 +11,10 @@ use konnectivity_health::metrics::{
     Counter, CounterVec, Gauge, HistogramVec, Lazy, MetricsError, Registry,
 };
 use konnectivity_health::Histogram;
+use konnectivity_proto::PACKET_TYPE_NAMES;
+
+/// Go's name of a gRPC status code, for `stream_error` (shared with the proxy-server).
+pub use konnectivity_proto::CodeLabel;
 
 /// Prometheus namespace shared by every konnectivity metric.
 pub const NAMESPACE: &str = "konnectivity_network_proxy";
@@ -86,59 +90,11 @@ impl Segment {
     }
 }
 
-/// A gRPC status code rendered as Go's `codes.Code.String()` (the `code` label of
-/// `stream_errors_total`): implemented for `tonic::Code` and for a literal name.
-pub trait CodeLabel {
-    /// Go's name of the code, e.g. `Unavailable`.
-    fn code_label(&self) -> &'static str;
-}
-
-impl CodeLabel for &'static str {
-    fn code_label(&self) -> &'static str {
-        self
-    }
-}
-
-impl CodeLabel for tonic::Code {
-    fn code_label(&self) -> &'static str {
-        match self {
-            tonic::Code::Ok => "OK",
-            tonic::Code::Cancelled => "Canceled",
-            tonic::Code::Unknown => "Unknown",
-            tonic::Code::InvalidArgument => "InvalidArgument",
-            tonic::Code::DeadlineExceeded => "DeadlineExceeded",
-            tonic::Code::NotFound => "NotFound",
-            tonic::Code::AlreadyExists => "AlreadyExists",
-            tonic::Code::PermissionDenied => "PermissionDenied",
-            tonic::Code::ResourceExhausted => "ResourceExhausted",
-            tonic::Code::FailedPrecondition => "FailedPrecondition",
-            tonic::Code::Aborted => "Aborted",
-            tonic::Code::OutOfRange => "OutOfRange",
-            tonic::Code::Unimplemented => "Unimplemented",
-            tonic::Code::Internal => "Internal",
-            tonic::Code::Unavailable => "Unavailable",
-            tonic::Code::DataLoss => "DataLoss",
-            tonic::Code::Unauthenticated => "Unauthenticated",
-        }
-    }
-}
-
-/// Packet type names in `PacketType` enum order (the `packet_type` label).
-const PACKET_TYPES: [&str; 7] = [
-    "DIAL_REQ",
-    "DIAL_RSP",
-    "CLOSE_REQ",
-    "CLOSE_RSP",
-    "DATA",
-    "DIAL_CLS",
-    "DRAIN",
-];
-
 /// `stream_packets_total` with a per-(segment, type) cache: counting a packet is one atomic
 /// add after the first packet of its kind, with no lock.
 struct PacketCounters {
     family: CounterVec<2>,
-    cache: [[OnceLock<Counter>; PACKET_TYPES.len()]; 2],
+    cache: [[OnceLock<Counter>; PACKET_TYPE_NAMES.len()]; 2],
 }
 
 impl PacketCounters {
@@ -150,7 +106,7 @@ impl PacketCounters {
     }
 
     fn inc(&self, segment: Segment, packet_type: &'static str) {
-        let cached = PACKET_TYPES
+        let cached = PACKET_TYPE_NAMES
             .iter()
             .position(|t| *t == packet_type)
             .and_then(|i| self.cache[segment.index()].get(i));

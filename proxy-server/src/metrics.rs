@@ -12,7 +12,10 @@ use konnectivity_health::metrics::{
     Counter, CounterVec, Gauge, GaugeVec, HistogramVec, Lazy, MetricsError, Registry,
 };
 use konnectivity_health::Histogram;
-use konnectivity_proto::Packet;
+use konnectivity_proto::{Packet, PACKET_TYPE_NAMES};
+
+/// Go's name of a gRPC status code, for `stream_error` (shared with the proxy-agent).
+pub use konnectivity_proto::CodeLabel;
 
 /// Prometheus namespace shared by every konnectivity metric.
 pub const NAMESPACE: &str = "konnectivity_network_proxy";
@@ -135,61 +138,11 @@ impl ProxyStrategy {
     }
 }
 
-/// A gRPC status code rendered as Go's `codes.Code.String()` (the `code` label of
-/// `stream_errors_total`): implemented for `tonic::Code` and for a literal name.
-pub trait CodeLabel {
-    /// Go's name of the code, e.g. `Unavailable`.
-    fn code_label(&self) -> &'static str;
-}
-
-impl CodeLabel for &'static str {
-    fn code_label(&self) -> &'static str {
-        self
-    }
-}
-
-impl CodeLabel for tonic::Code {
-    fn code_label(&self) -> &'static str {
-        match self {
-            tonic::Code::Ok => "OK",
-            tonic::Code::Cancelled => "Canceled",
-            tonic::Code::Unknown => "Unknown",
-            tonic::Code::InvalidArgument => "InvalidArgument",
-            tonic::Code::DeadlineExceeded => "DeadlineExceeded",
-            tonic::Code::NotFound => "NotFound",
-            tonic::Code::AlreadyExists => "AlreadyExists",
-            tonic::Code::PermissionDenied => "PermissionDenied",
-            tonic::Code::ResourceExhausted => "ResourceExhausted",
-            tonic::Code::FailedPrecondition => "FailedPrecondition",
-            tonic::Code::Aborted => "Aborted",
-            tonic::Code::OutOfRange => "OutOfRange",
-            tonic::Code::Unimplemented => "Unimplemented",
-            tonic::Code::Internal => "Internal",
-            tonic::Code::Unavailable => "Unavailable",
-            tonic::Code::DataLoss => "DataLoss",
-            tonic::Code::Unauthenticated => "Unauthenticated",
-        }
-    }
-}
-
-/// Packet type names in `PacketType` enum order (the `packet_type` label).
-const PACKET_TYPES: [&str; 8] = [
-    "DIAL_REQ",
-    "DIAL_RSP",
-    "CLOSE_REQ",
-    "CLOSE_RSP",
-    "DATA",
-    "DIAL_CLS",
-    "DRAIN",
-    // Our flow-control extension; only seen on agent streams that negotiated it.
-    "CREDIT",
-];
-
 /// `stream_packets_total` with a per-(segment, type) cache: counting a packet is one atomic
 /// add after the first packet of its kind, with no lock and no label comparison.
 struct PacketCounters {
     family: CounterVec<2>,
-    cache: [[OnceLock<Counter>; PACKET_TYPES.len()]; 4],
+    cache: [[OnceLock<Counter>; PACKET_TYPE_NAMES.len()]; 4],
 }
 
 impl PacketCounters {
@@ -201,7 +154,7 @@ impl PacketCounters {
     }
 
     fn inc(&self, segment: Segment, packet_type: &'static str) {
-        match PACKET_TYPES.iter().position(|t| *t == packet_type) {
+        match PACKET_TYPE_NAMES.iter().position(|t| *t == packet_type) {
             Some(i) => self.inc_known(segment, i),
             None => self
                 .family
@@ -216,7 +169,7 @@ impl PacketCounters {
         };
         cell.get_or_init(|| {
             self.family
-                .with_label_values([segment.as_str(), PACKET_TYPES[type_index]])
+                .with_label_values([segment.as_str(), PACKET_TYPE_NAMES[type_index]])
         })
         .inc();
     }
