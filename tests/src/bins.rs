@@ -1,13 +1,15 @@
-//! Finding (and, once per process, building) the `proxy-server` and `proxy-agent` binaries.
+//! Finding (and, once per process, building) the workspace binaries the tests run:
+//! `proxy-server`, `proxy-agent`, `kubelet-standin` and `konnectivity-kubectl`.
 //!
 //! `cargo test -p konnectivity-e2e` builds only this package's targets; the binaries of
 //! other packages are not built for it. So the first test that needs a binary runs
-//! `cargo build -p proxy-server -p proxy-agent --bins` (a no-op when up to date) with the
-//! same cargo, profile and target directory as the test itself. Cargo releases its build
-//! lock before running tests, so this nested build does not deadlock.
+//! `cargo build -p <its package> --bins` (a no-op when up to date) with the same cargo,
+//! profile and target directory as the test itself. Cargo releases its build lock before
+//! running tests, so this nested build does not deadlock.
 //!
-//! `PROXY_SERVER_BIN` / `PROXY_AGENT_BIN` override the paths (e.g. to run the suite against
-//! the upstream Go binaries); no build happens for an overridden binary.
+//! `PROXY_SERVER_BIN` / `PROXY_AGENT_BIN` / `KUBELET_STANDIN_BIN` / `KONNECTIVITY_KUBECTL_BIN`
+//! override the paths (e.g. to run the suite against the upstream Go binaries); no build
+//! happens for an overridden binary.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +21,22 @@ use crate::error::{HarnessError, Result};
 pub const SERVER_BIN: &str = "proxy-server";
 /// Name of the agent binary (and package).
 pub const AGENT_BIN: &str = "proxy-agent";
+/// Name of the kubelet stand-in binary.
+pub const STANDIN_BIN: &str = "kubelet-standin";
+/// Name of the kubectl-like CLI binary.
+pub const KUBECTL_BIN: &str = "konnectivity-kubectl";
+
+/// Every binary the tests may run: (binary, its package, the variable that overrides its path).
+const BINARIES: [(&str, &str, &str); 4] = [
+    (SERVER_BIN, "proxy-server", "PROXY_SERVER_BIN"),
+    (AGENT_BIN, "proxy-agent", "PROXY_AGENT_BIN"),
+    (STANDIN_BIN, "konnectivity-kubelet", "KUBELET_STANDIN_BIN"),
+    (
+        KUBECTL_BIN,
+        "konnectivity-kubectl",
+        "KONNECTIVITY_KUBECTL_BIN",
+    ),
+];
 
 /// Variables cargo sets for one package's test run that must not leak into a nested build.
 const PACKAGE_ENV: &[&str] = &[
@@ -31,14 +49,6 @@ const PACKAGE_ENV: &[&str] = &[
     "CARGO_RUSTC_CURRENT_DIR",
     "OUT_DIR",
 ];
-
-fn override_var(name: &str) -> &'static str {
-    if name == SERVER_BIN {
-        "PROXY_SERVER_BIN"
-    } else {
-        "PROXY_AGENT_BIN"
-    }
-}
 
 /// `target/<profile>` of the running executable: test executables live in
 /// `target/<profile>/deps/`, binaries directly in `target/<profile>/`.
@@ -61,16 +71,18 @@ fn workspace_manifest() -> PathBuf {
         .join("Cargo.toml")
 }
 
-fn build_once(profile_dir: &Path) -> Result<(), String> {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    BUILT
+/// Builds `package`'s binaries once per test process (index = its place in [`BINARIES`]).
+fn build_once(profile_dir: &Path, index: usize, package: &str) -> Result<(), String> {
+    static BUILT: [OnceLock<Result<(), String>>; BINARIES.len()] =
+        [const { OnceLock::new() }; BINARIES.len()];
+    BUILT[index]
         .get_or_init(|| {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
             let mut cmd = Command::new(cargo);
             cmd.arg("build")
                 .arg("--manifest-path")
                 .arg(workspace_manifest())
-                .args(["-p", SERVER_BIN, "-p", AGENT_BIN, "--bins"]);
+                .args(["-p", package, "--bins"]);
             // Cargo gives the test process package-specific variables (CARGO_PKG_NAME,
             // CARGO_MANIFEST_DIR, …). Build scripts such as ring's declare
             // `rerun-if-env-changed` on them, so inheriting them would make the nested build
@@ -91,35 +103,40 @@ fn build_once(profile_dir: &Path) -> Result<(), String> {
             if let Some(target) = profile_dir.parent() {
                 cmd.arg("--target-dir").arg(target);
             }
-            eprintln!("[e2e] building {SERVER_BIN} and {AGENT_BIN} (cargo build -p {SERVER_BIN} -p {AGENT_BIN} --bins)");
+            eprintln!("[e2e] building {package} (cargo build -p {package} --bins)");
             match cmd.output() {
                 Ok(out) if out.status.success() => Ok(()),
                 Ok(out) => Err(format!(
-                    "`cargo build -p {SERVER_BIN} -p {AGENT_BIN}` failed ({}):\n{}",
+                    "`cargo build -p {package}` failed ({}):\n{}",
                     out.status,
                     String::from_utf8_lossy(&out.stderr)
                 )),
-                Err(e) => Err(format!("cannot run cargo to build the binaries: {e}")),
+                Err(e) => Err(format!("cannot run cargo to build {package}: {e}")),
             }
         })
         .clone()
 }
 
-/// Path of binary `name` ([`SERVER_BIN`] or [`AGENT_BIN`]), building it first if needed.
+/// Path of binary `name` (one of [`SERVER_BIN`], [`AGENT_BIN`], [`STANDIN_BIN`],
+/// [`KUBECTL_BIN`]), building its package first if needed.
 pub fn binary(name: &str) -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(override_var(name)) {
+    let (index, (_, package, override_var)) = BINARIES
+        .iter()
+        .enumerate()
+        .find(|(_, (bin, _, _))| *bin == name)
+        .ok_or_else(|| HarnessError::Process(format!("{name} is not a binary the tests know")))?;
+    if let Some(path) = std::env::var_os(override_var) {
         return Ok(PathBuf::from(path));
     }
     let dir = profile_dir()?;
-    build_once(&dir).map_err(HarnessError::Process)?;
+    build_once(&dir, index, package).map_err(HarnessError::Process)?;
     let path = dir.join(name);
     if path.is_file() {
         Ok(path)
     } else {
         Err(HarnessError::Process(format!(
-            "{} does not exist after building; set {} to the binary to test",
+            "{} does not exist after building; set {override_var} to the binary to test",
             path.display(),
-            override_var(name)
         )))
     }
 }
