@@ -305,6 +305,9 @@ impl BenchConfig {
         if self.runs == 0 {
             return Err(BenchError::Config("--runs must be at least 1".into()));
         }
+        if self.bulk_bytes == 0 {
+            return Err(BenchError::Config("--bulk-mib must be at least 1".into()));
+        }
         if let Some(names) = &self.only {
             let all = BenchConfig {
                 only: None,

@@ -52,6 +52,10 @@ struct Cli {
     /// Upper bound on one scenario run, in seconds; a run that takes longer is FAILED.
     #[arg(long, value_name = "SECONDS", default_value_t = konnectivity_bench::config::SCENARIO_TIMEOUT.as_secs())]
     scenario_timeout: u64,
+    /// Bytes per bulk transfer in MiB, overriding the default (256, or 64 with --quick); a
+    /// longer transfer gives a profiler (`perf record -p`) a steady state to sample.
+    #[arg(long, value_name = "MIB")]
+    bulk_mib: Option<u64>,
     /// Do not run `cargo build` for proxy-server and proxy-agent first; use what is there.
     #[arg(long)]
     no_build: bool,
@@ -87,6 +91,9 @@ fn bench(cli: Cli) -> anyhow::Result<bool> {
         BenchConfig::full(binaries, holder)
     };
     config.runs = cli.runs;
+    if let Some(mib) = cli.bulk_mib {
+        config.bulk_bytes = mib << 20;
+    }
     if !cli.only.is_empty() {
         config.only = Some(cli.only.clone());
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::Stream;
 use hyper_util::rt::TokioIo;
 use konnectivity_proto::{AgentServiceClient, Packet};
+use konnectivity_tls::ReadAhead;
 use konnectivity_tunnel::credit;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -333,6 +334,7 @@ impl ServerConnector {
             .http2_keep_alive_interval(keepalive)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
+            .max_frame_size(konnectivity_tunnel::H2_MAX_FRAME_BYTES)
             .tcp_nodelay(true);
 
         let agent_id =
@@ -414,7 +416,8 @@ impl ServerConnector {
         // protocol the peer selected (an ALPN-routing front door may pick the custom one and
         // still carry HTTP/2), exactly as grpc-go's credentials do; no ALPN at all is refused.
         let required = if self.extra_alpn { None } else { Some(ALPN_H2) };
-        let tls = konnectivity_tls::connect(self.tls.clone(), &self.host, tcp, required)
+        let io = konnectivity_tls::read_ahead(tcp, konnectivity_tls::READ_AHEAD_BYTES);
+        let tls = konnectivity_tls::connect(self.tls.clone(), &self.host, io, required)
             .await
             .map_err(|source| ConnectError::Tls {
                 address: address.clone(),
@@ -515,16 +518,19 @@ pub(crate) async fn read_token_text(path: &Path) -> Result<String, ConnectError>
         })
 }
 
+/// The established proxy-server connection as tonic's HTTP/2 client drives it.
+type ServerIo = TokioIo<TlsStream<ReadAhead<TcpStream>>>;
+
 /// Hands tonic one pre-established stream, once. A second call (tonic trying to reconnect after
 /// the connection died) fails, so a dead server connection ends its session instead of being
 /// transparently replaced by a connection to some other server.
 #[derive(Clone)]
 struct OneShotConnector {
-    io: Arc<Mutex<Option<TokioIo<TlsStream<TcpStream>>>>>,
+    io: Arc<Mutex<Option<ServerIo>>>,
 }
 
 impl OneShotConnector {
-    fn new(stream: TlsStream<TcpStream>) -> Self {
+    fn new(stream: TlsStream<ReadAhead<TcpStream>>) -> Self {
         OneShotConnector {
             io: Arc::new(Mutex::new(Some(TokioIo::new(stream)))),
         }
@@ -537,7 +543,7 @@ impl OneShotConnector {
 struct ConnectionUsed;
 
 impl tower::Service<Uri> for OneShotConnector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Response = ServerIo;
     type Error = ConnectionUsed;
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<Self::Response, ConnectionUsed>> + Send>>;

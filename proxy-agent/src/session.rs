@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use konnectivity_proto::{DialRequest, Packet, PacketType, Payload};
+use konnectivity_tunnel::chunk::{self, DATA_CHUNK_BYTES};
 use konnectivity_tunnel::credit::{self, CreditGate, RecvWindow};
 use konnectivity_tunnel::outbound::{ControlError, OutboundTx};
 use konnectivity_tunnel::queue::{self, QueueRx, QueueTx, TryPushError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -30,11 +31,6 @@ use tokio_util::task::TaskTracker;
 use crate::connections::{ConnectionTable, UNKNOWN_CONNECT_ID, UNRECOGNIZED_CONNECT_ID};
 use crate::dial::{self, DialError};
 use crate::metrics::{EndpointDialFailure, Metrics, Segment};
-
-/// Size of the buffer each connection reads its destination socket with, and so the largest
-/// DATA payload the agent sends. Upstream reads 4 KiB; 32 KiB cuts per-packet overhead by 8× on
-/// bulk transfers. Cost: 32 KiB of memory per open endpoint connection.
-pub const READ_BUFFER_BYTES: usize = 32 * 1024;
 
 /// Concurrent dials allowed on one server connection. Cost: a burst of more simultaneous dials
 /// (each may take up to [`dial::DIAL_TIMEOUT`]) is refused with a DIAL_RSP error; without a
@@ -526,11 +522,10 @@ struct ConnectionTask {
 impl ConnectionTask {
     async fn run(self, stream: TcpStream, mut queue: QueueRx, abort: oneshot::Receiver<Abort>) {
         let id = self.connect_id;
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
         let out = &self.out;
         let gate = self.credit.as_deref();
         let reader = async {
-            let mut buf = vec![0u8; READ_BUFFER_BYTES];
             loop {
                 // Out of credit: stop reading the destination until the server grants more.
                 if let Some(gate) = gate {
@@ -538,16 +533,27 @@ impl ConnectionTask {
                         return ConnEnd::SessionEnded;
                     }
                 }
-                match rd.read(&mut buf).await {
+                // Wait for bytes before allocating: an idle connection holds no buffer, and a
+                // busy one reads straight into the payload it sends (no copy).
+                if let Err(e) = rd.readable().await {
+                    return ConnEnd::ReadError(e);
+                }
+                let mut payload = Vec::with_capacity(DATA_CHUNK_BYTES);
+                match rd.try_read_buf(&mut payload) {
                     Ok(0) => return ConnEnd::Eof,
                     Ok(n) => {
                         if let Some(gate) = gate {
                             gate.consume(credit::charge(n));
                         }
-                        if out.send(Packet::data(id, buf[..n].to_vec())).await.is_err() {
+                        if out
+                            .send(Packet::data(id, chunk::fit(payload)))
+                            .await
+                            .is_err()
+                        {
                             return ConnEnd::SessionEnded;
                         }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return ConnEnd::ReadError(e),
                 }
             }
@@ -628,6 +634,7 @@ mod tests {
     use futures::StreamExt;
     use konnectivity_tunnel::outbound::{self, Outbound};
     use std::net::SocketAddr;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
 
@@ -1033,7 +1040,7 @@ mod tests {
         }
         let window = INITIAL_WINDOW as usize;
         assert!(
-            (window..=window + READ_BUFFER_BYTES).contains(&forwarded),
+            (window..=window + DATA_CHUNK_BYTES).contains(&forwarded),
             "forwarded {forwarded} bytes without credit"
         );
         h.send(Packet::credit(id, INITIAL_WINDOW));

@@ -43,7 +43,7 @@ pub const BACKOFF_FACTOR: f64 = 1.5;
 pub const BACKOFF_JITTER: f64 = 0.1;
 
 /// Packets the data lane toward one server holds before socket readers wait. Cost: that many
-/// DATA packets (≤ [`session::READ_BUFFER_BYTES`] each) buffered per server connection.
+/// DATA packets (≤ [`konnectivity_tunnel::chunk::DATA_CHUNK_BYTES`] each) buffered per server connection.
 pub const SERVER_DATA_LANE_PACKETS: usize = outbound::DEFAULT_DATA_LANE_PACKETS;
 
 /// Retry pacing, as upstream's `wait.Backoff{Duration: interval, Factor: 1.5, Jitter: 0.1,

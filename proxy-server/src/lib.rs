@@ -129,11 +129,13 @@ pub async fn start(
         agent_listener,
         tokio_rustls::TlsAcceptor::from(agent_tls),
         Some(ALPN_H2),
+        konnectivity_tls::READ_AHEAD_BYTES,
         "agent",
         shutdown.clone(),
     );
     let agent_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(keepalive(b.keepalive_time))
+        .max_frame_size(konnectivity_tunnel::H2_MAX_FRAME_BYTES)
         .add_service(AgentServiceServer::new(backend::Backend::new(Arc::clone(
             &shared,
         ))))
@@ -263,6 +265,8 @@ async fn start_frontend(
                 listener,
                 tokio_rustls::TlsAcceptor::from(tls),
                 required,
+                // One tunnel per connection (apiserver dials are single-use): no read-ahead.
+                0,
                 "frontend",
                 shutdown.clone(),
             );

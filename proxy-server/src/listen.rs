@@ -6,6 +6,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use konnectivity_tls::ReadAhead;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::mpsc;
@@ -21,7 +22,7 @@ const ACCEPTED_BACKLOG: usize = 1024;
 /// A TLS connection ready for a tonic server.
 #[derive(Debug)]
 pub struct TlsConn {
-    inner: TlsStream<TcpStream>,
+    inner: TlsStream<ReadAhead<TcpStream>>,
     peer: Option<SocketAddr>,
 }
 
@@ -30,7 +31,7 @@ impl tonic::transport::server::Connected for TlsConn {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         tonic::transport::server::TcpConnectInfo {
-            local_addr: self.inner.get_ref().0.local_addr().ok(),
+            local_addr: self.inner.get_ref().0.get_ref().local_addr().ok(),
             remote_addr: self.peer,
         }
     }
@@ -74,11 +75,14 @@ impl AsyncWrite for TlsConn {
 
 /// Accepts TCP connections and handshakes each in its own task (bounded by the TLS crate's
 /// handshake timeout), yielding only completed ones; a stalled or failed handshake never holds
-/// up the others. Stops when `stop` is cancelled.
+/// up the others. Stops when `stop` is cancelled. `read_ahead` is the per-connection read
+/// buffer beneath TLS ([`konnectivity_tls::READ_AHEAD_BYTES`] for agents, 0 for per-tunnel
+/// frontend connections).
 pub fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     required_alpn: Option<&'static [u8]>,
+    read_ahead: usize,
     what: &'static str,
     stop: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
@@ -100,7 +104,8 @@ pub fn tls_incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match konnectivity_tls::accept(&acceptor, tcp, required_alpn).await {
+                let io = konnectivity_tls::read_ahead(tcp, read_ahead);
+                match konnectivity_tls::accept(&acceptor, io, required_alpn).await {
                     Ok(inner) => {
                         let _ = tx
                             .send(Ok(TlsConn {

@@ -514,3 +514,21 @@ fn server_names_accept_dns_and_ip_literals() {
         Err(TlsError::InvalidServerName { .. })
     ));
 }
+
+#[tokio::test]
+async fn read_ahead_with_any_capacity_passes_bytes_and_writes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for capacity in [0, 1, 7, READ_AHEAD_BYTES] {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut a = read_ahead(a, capacity);
+        let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        b.write_all(&sent).await.unwrap();
+        let mut got = vec![0u8; sent.len()];
+        a.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, sent, "capacity {capacity}");
+        a.write_all(b"back").await.unwrap();
+        let mut back = [0u8; 4];
+        b.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
+    }
+}

@@ -17,10 +17,19 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chunk;
 pub mod credit;
 pub mod outbound;
 pub mod queue;
 pub mod quic;
+
+/// Largest HTTP/2 frame we let a peer send us on the agent stream (SETTINGS_MAX_FRAME_SIZE;
+/// the protocol default is 16 KiB). Every frame becomes at least one TLS write and one
+/// loopback/network segment, so 16 KiB frames cost a `sendmsg`, a TCP segment and a netfilter
+/// pass per 16 KiB moved; larger frames let TLS write several records per call. Cost: a peer may
+/// make us buffer a frame this large before decoding it. Upstream peers (grpc-go) keep sending
+/// 16 KiB frames, which is always allowed.
+pub const H2_MAX_FRAME_BYTES: u32 = 256 * 1024;
 
 /// A fresh dial id (`random` in `DialRequest`), as upstream's `rand.Int63()`: never negative.
 ///

@@ -16,6 +16,7 @@ use crate::router::FrontendId;
 use crate::state::{
     DialRefusal, FrontendRx, QuicTunnel, Shared, BACKEND_DIAL_TIMEOUT_ERROR, BACKEND_GONE_ERROR,
 };
+use konnectivity_tunnel::chunk::read_chunk;
 use konnectivity_tunnel::quic::{self, io_to_quic, quic_to_io};
 
 /// How long a client may take to send its request head (Go's `ReadHeaderTimeout` upstream).
@@ -25,10 +26,6 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest request head accepted. Cost: this much memory per connection while its head is read.
 /// kube-apiserver's CONNECT head is under 100 bytes; Go allows 1 MiB, we need far less.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// Read size for client → agent DATA (upstream uses 32 KiB too). Cost: one buffer this size per
-/// open tunnel.
-pub const READ_CHUNK: usize = 32 * 1024;
 
 /// Bytes a client may send after its CONNECT head before the 200 arrives; they are forwarded
 /// once the dial succeeds. Cost: memory per dialling connection; beyond it we stop reading.
@@ -219,7 +216,6 @@ where
 
     // Wait for the agent's answer, watching the client: one that hangs up cancels the dial.
     let abort = sink.abort_token().clone();
-    let mut chunk = vec![0u8; READ_CHUNK];
     let connect_id = loop {
         tokio::select! {
             _ = abort.cancelled() => return Err("aborted while dialling".into()),
@@ -240,9 +236,9 @@ where
                     }
                 }
             }
-            n = io.read(&mut chunk), if early.len() < MAX_EARLY_BYTES => match n {
-                Ok(0) | Err(_) => return Err("client hung up while dialling; dial cancelled".into()),
-                Ok(n) => early.extend_from_slice(&chunk[..n]),
+            r = read_chunk(&mut *io), if early.len() < MAX_EARLY_BYTES => match r {
+                Ok(c) if !c.is_empty() => early.extend_from_slice(&c),
+                _ => return Err("client hung up while dialling; dial cancelled".into()),
             },
         }
     };
@@ -273,14 +269,11 @@ where
     let (mut rd, mut wr) = tokio::io::split(io);
     let upstream = async {
         loop {
-            match rd.read(&mut chunk).await {
-                Ok(0) => return "client closed the tunnel".to_string(),
+            match read_chunk(&mut rd).await {
+                Ok(c) if c.is_empty() => return "client closed the tunnel".to_string(),
                 Err(e) => return format!("client read failed: {e}"),
-                Ok(n) => {
-                    if let Err(e) = shared
-                        .data_to_agent(id, connect_id, chunk[..n].to_vec())
-                        .await
-                    {
+                Ok(c) => {
+                    if let Err(e) = shared.data_to_agent(id, connect_id, c).await {
                         return e.to_string();
                     }
                 }
