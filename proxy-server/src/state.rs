@@ -2,16 +2,16 @@
 //!
 //! Locks are `std::sync::Mutex`es held only for table look-ups, never across an `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use konnectivity_proto::{DialRequest, Packet};
 use konnectivity_tunnel::credit::{self, CreditGate, RecvWindow};
 use konnectivity_tunnel::outbound::OutboundTx;
 use konnectivity_tunnel::queue::{self, QueueClosed, QueueRx, QueueTx, TryPushError};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -42,12 +42,70 @@ pub struct QuicTunnel {
     pub recv: quinn::RecvStream,
 }
 
+/// QUIC connections on their way to the frontend that dialled them. A plain list behind a lock
+/// rather than a channel: a channel allocates a block of slots up front for every frontend,
+/// and almost every frontend receives one tunnel or none.
+#[derive(Debug, Default)]
+struct Inbox {
+    state: Mutex<InboxState>,
+    /// Wakes the receiver; `notify_one` keeps a permit if it is not waiting yet.
+    arrived: Notify,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    tunnels: VecDeque<QuicTunnel>,
+    receiver_gone: bool,
+}
+
+impl Inbox {
+    /// The list, even after a panicking holder: each update is a single push or pop.
+    fn lock(&self) -> MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The receiving end of a frontend's QUIC connections.
+#[derive(Debug)]
+pub struct TunnelsRx {
+    inbox: Arc<Inbox>,
+}
+
+impl TunnelsRx {
+    /// A connection already handed over, if any.
+    pub fn try_recv(&mut self) -> Option<QuicTunnel> {
+        self.inbox.lock().tunnels.pop_front()
+    }
+
+    /// Waits for the next connection; pending for as long as none arrives.
+    pub async fn recv(&mut self) -> QuicTunnel {
+        loop {
+            if let Some(tunnel) = self.try_recv() {
+                return tunnel;
+            }
+            self.inbox.arrived.notified().await;
+        }
+    }
+}
+
+impl Drop for TunnelsRx {
+    fn drop(&mut self) {
+        // Streams nobody will pump are dropped here, which ends them toward the agent.
+        let orphans = {
+            let mut state = self.inbox.lock();
+            state.receiver_gone = true;
+            std::mem::take(&mut state.tunnels)
+        };
+        drop(orphans);
+    }
+}
+
 /// Where packets for one frontend go, and how to abort it.
 #[derive(Debug, Clone)]
 pub struct FrontendSink {
     queue: QueueTx,
     abort: CancellationToken,
-    tunnels: mpsc::UnboundedSender<QuicTunnel>,
+    tunnels: Arc<Inbox>,
 }
 
 /// What a frontend receives: packets, and the streams of connections on QUIC agents.
@@ -56,7 +114,7 @@ pub struct FrontendRx {
     /// Packets (DIAL_RSP, DATA and CLOSE_RSP of gRPC agents, refusals).
     pub queue: QueueRx,
     /// QUIC connections established for this frontend; each arrives before its DIAL_RSP.
-    pub tunnels: mpsc::UnboundedReceiver<QuicTunnel>,
+    pub tunnels: TunnelsRx,
 }
 
 impl FrontendSink {
@@ -69,16 +127,16 @@ impl FrontendSink {
             queue::connection_packets(xfr_channel_size).max(credit::FLOW_QUEUE_PACKETS),
             queue::DEFAULT_QUEUE_BYTES,
         );
-        let (tunnels, tunnels_rx) = mpsc::unbounded_channel();
+        let inbox = Arc::new(Inbox::default());
         (
             FrontendSink {
                 queue,
                 abort: parent.child_token(),
-                tunnels,
+                tunnels: Arc::clone(&inbox),
             },
             FrontendRx {
                 queue: rx,
-                tunnels: tunnels_rx,
+                tunnels: TunnelsRx { inbox },
             },
         )
     }
@@ -96,7 +154,15 @@ impl FrontendSink {
 
     /// Hands a QUIC connection to the frontend; gives it back if the frontend is gone.
     pub fn attach(&self, tunnel: QuicTunnel) -> Result<(), QuicTunnel> {
-        self.tunnels.send(tunnel).map_err(|e| e.0)
+        {
+            let mut state = self.tunnels.lock();
+            if state.receiver_gone {
+                return Err(tunnel);
+            }
+            state.tunnels.push_back(tunnel);
+        }
+        self.tunnels.arrived.notify_one();
+        Ok(())
     }
 }
 

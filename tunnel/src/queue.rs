@@ -9,10 +9,11 @@
 //! message limit, so a packet count alone would let one stalled connection hold
 //! `count × 4 MiB`.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use konnectivity_proto::{Packet, Payload};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 /// Default byte bound of one connection's queue. Cost: up to this much memory per connection
 /// whose reader has stopped (on top of the kernel's socket buffers). Without end-to-end flow
@@ -61,90 +62,170 @@ pub enum TryPushError {
     Closed(#[from] QueueClosed),
 }
 
-/// Producer half. Cloning gives another producer for the same queue.
-#[derive(Debug, Clone)]
-pub struct QueueTx {
-    tx: mpsc::Sender<(Packet, OwnedSemaphorePermit)>,
-    bytes: Arc<Semaphore>,
+/// Capacity an emptied queue may keep; beyond it the packet ring is freed, so a connection that
+/// once had a burst queued goes back to holding no buffer while idle. Cost: a connection that
+/// keeps oscillating above this many queued packets re-grows its ring each burst.
+const RETAINED_SLOTS: usize = 16;
+
+/// What producers and the consumer share. Nothing is allocated until a packet is queued: an
+/// idle connection's queue is this struct alone (about 150 bytes), where a channel would hold
+/// a block of slots per connection.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the consumer: a packet arrived or the last producer left. `notify_one` keeps a
+    /// permit when the consumer is not waiting yet, so no wake-up is lost.
+    readable: Notify,
+    /// Wakes producers waiting in [`QueueTx::push`]: room was freed or the consumer left.
+    writable: Notify,
+    max_packets: usize,
     max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Queued packets with the bytes each was charged.
+    packets: VecDeque<(Packet, usize)>,
+    /// Sum of the charges of `packets`.
+    bytes: usize,
+    /// Live [`QueueTx`] handles.
+    producers: usize,
+    /// The consumer was dropped or called [`QueueRx::close`].
+    closed: bool,
+}
+
+impl State {
+    fn has_room(&self, charge: usize, max_packets: usize, max_bytes: usize) -> bool {
+        self.packets.len() < max_packets && self.bytes + charge <= max_bytes
+    }
+}
+
+/// Producer half. Cloning gives another producer for the same queue.
+#[derive(Debug)]
+pub struct QueueTx {
+    shared: Arc<Shared>,
 }
 
 /// Consumer half.
 #[derive(Debug)]
 pub struct QueueRx {
-    rx: mpsc::Receiver<(Packet, OwnedSemaphorePermit)>,
+    shared: Arc<Shared>,
 }
 
 /// Creates a queue holding at most `max_packets` packets and about `max_bytes` bytes (a single
 /// packet larger than `max_bytes` is admitted only when the queue is empty, so any packet the
 /// peer may legally send can pass).
 pub fn channel(max_packets: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
-    let max_packets = max_packets.max(1);
-    let max_bytes = max_bytes.max(MIN_CHARGE);
-    let (tx, rx) = mpsc::channel(max_packets);
-    let bytes = Arc::new(Semaphore::new(max_bytes));
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            producers: 1,
+            ..State::default()
+        }),
+        readable: Notify::new(),
+        writable: Notify::new(),
+        max_packets: max_packets.max(1),
+        max_bytes: max_bytes.max(MIN_CHARGE),
+    });
     (
         QueueTx {
-            tx,
-            bytes,
-            max_bytes,
+            shared: Arc::clone(&shared),
         },
-        QueueRx { rx },
+        QueueRx { shared },
     )
 }
 
 /// Bytes a packet is charged for.
-fn charge(packet: &Packet, max_bytes: usize) -> u32 {
+fn charge(packet: &Packet, max_bytes: usize) -> usize {
     let len = match &packet.payload {
         Some(Payload::Data(d)) => d.data.len(),
         _ => 0,
     };
-    // Clamped to the bound so an oversized packet can still pass an empty queue; the bound
-    // itself fits in u32 because it is a semaphore size we chose (≤ usize, clamped here).
-    len.clamp(MIN_CHARGE, max_bytes).min(u32::MAX as usize) as u32
+    // Clamped to the bound so an oversized packet can still pass an empty queue.
+    len.clamp(MIN_CHARGE, max_bytes)
+}
+
+impl Shared {
+    /// The state, even if a holder panicked: every update below leaves it consistent before
+    /// anything that could panic, so a poisoned lock holds valid data.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl QueueTx {
     /// Pushes without waiting; the shared receive loop's only way in.
     pub fn try_push(&self, packet: Packet) -> Result<(), TryPushError> {
-        if self.tx.is_closed() {
+        let s = &self.shared;
+        let n = charge(&packet, s.max_bytes);
+        let mut state = s.lock();
+        if state.closed {
             return Err(QueueClosed(packet).into());
         }
-        let n = charge(&packet, self.max_bytes);
-        let permit = match self.bytes.clone().try_acquire_many_owned(n) {
-            Ok(p) => p,
-            Err(_) => return Err(self.full(packet).into()),
-        };
-        match self.tx.try_send((packet, permit)) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full((packet, _))) => Err(self.full(packet).into()),
-            Err(mpsc::error::TrySendError::Closed((packet, _))) => Err(QueueClosed(packet).into()),
+        if !state.has_room(n, s.max_packets, s.max_bytes) {
+            let queued_packets = state.packets.len();
+            return Err(QueueFull {
+                packet,
+                queued_packets,
+            }
+            .into());
         }
+        state.packets.push_back((packet, n));
+        state.bytes += n;
+        drop(state);
+        s.readable.notify_one();
+        Ok(())
     }
 
     /// Pushes, waiting for room; for a producer that owns this connection.
     pub async fn push(&self, packet: Packet) -> Result<(), QueueClosed> {
-        let n = charge(&packet, self.max_bytes);
-        let permit = match self.bytes.clone().acquire_many_owned(n).await {
-            Ok(p) => p,
-            // The semaphore is never closed; treat it like a closed queue all the same.
-            Err(_) => return Err(QueueClosed(packet)),
-        };
-        self.tx
-            .send((packet, permit))
-            .await
-            .map_err(|e| QueueClosed((e.0).0))
+        let s = &self.shared;
+        let n = charge(&packet, s.max_bytes);
+        loop {
+            // Registered before looking, so room freed after the check still wakes us.
+            let notified = s.writable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = s.lock();
+                if state.closed {
+                    return Err(QueueClosed(packet));
+                }
+                if state.has_room(n, s.max_packets, s.max_bytes) {
+                    state.packets.push_back((packet, n));
+                    state.bytes += n;
+                    drop(state);
+                    s.readable.notify_one();
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
     }
 
-    /// True once the consumer has been dropped.
+    /// True once the consumer has been dropped (or has closed the queue).
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.lock().closed
     }
+}
 
-    fn full(&self, packet: Packet) -> QueueFull {
-        QueueFull {
-            packet,
-            queued_packets: self.tx.max_capacity() - self.tx.capacity(),
+impl Clone for QueueTx {
+    fn clone(&self) -> Self {
+        self.shared.lock().producers += 1;
+        QueueTx {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.shared.lock();
+            state.producers -= 1;
+            state.producers == 0
+        };
+        if last {
+            self.shared.readable.notify_one();
         }
     }
 }
@@ -152,13 +233,32 @@ impl QueueTx {
 impl QueueRx {
     /// Next packet; `None` once every producer is gone and the queue is empty.
     pub async fn recv(&mut self) -> Option<Packet> {
-        // Dropping the permit here returns the packet's bytes to the budget.
-        self.rx.recv().await.map(|(p, _permit)| p)
+        let s = &self.shared;
+        loop {
+            {
+                let mut state = s.lock();
+                if let Some((packet, n)) = state.packets.pop_front() {
+                    // Returning the packet's bytes to the budget.
+                    state.bytes -= n;
+                    if state.packets.is_empty() && state.packets.capacity() > RETAINED_SLOTS {
+                        state.packets = VecDeque::new();
+                    }
+                    drop(state);
+                    s.writable.notify_waiters();
+                    return Some(packet);
+                }
+                if state.producers == 0 || state.closed {
+                    return None;
+                }
+            }
+            s.readable.notified().await;
+        }
     }
 
     /// Stops accepting packets; queued ones can still be received.
     pub fn close(&mut self) {
-        self.rx.close();
+        self.shared.lock().closed = true;
+        self.shared.writable.notify_waiters();
     }
 
     /// The queue as a stream, for handing to a gRPC response body.
@@ -167,6 +267,20 @@ impl QueueRx {
             self,
             |mut rx| async move { rx.recv().await.map(|p| (p, rx)) },
         )
+    }
+}
+
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        // Queued packets are dropped with the consumer, as a channel's would be.
+        let dropped = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            state.bytes = 0;
+            std::mem::take(&mut state.packets)
+        };
+        drop(dropped);
+        self.shared.writable.notify_waiters();
     }
 }
 
@@ -226,6 +340,58 @@ mod tests {
         assert!(tx.is_closed());
         assert!(matches!(tx.try_push(data(1)), Err(TryPushError::Closed(_))));
         assert!(tx.push(data(1)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn closing_lets_queued_packets_drain_then_ends_and_refuses_new_ones() {
+        let (tx, mut rx) = channel(10, 1 << 20);
+        tx.try_push(data(1)).expect("queued");
+        rx.close();
+        assert!(tx.is_closed());
+        assert!(matches!(tx.try_push(data(1)), Err(TryPushError::Closed(_))));
+        assert!(rx.recv().await.is_some(), "queued packet still delivered");
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn recv_ends_once_the_last_producer_leaves_and_wakes_a_waiting_consumer() {
+        let (tx, mut rx) = channel(10, 1 << 20);
+        let tx2 = tx.clone();
+        let consumer = tokio::spawn(async move {
+            let mut n = 0;
+            while rx.recv().await.is_some() {
+                n += 1;
+            }
+            n
+        });
+        tx.try_push(data(1)).expect("1");
+        drop(tx);
+        tokio::task::yield_now().await;
+        assert!(!consumer.is_finished(), "one producer is left");
+        tx2.push(data(1)).await.expect("2");
+        drop(tx2);
+        assert_eq!(consumer.await.expect("join"), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idle_queue_holds_no_packet_ring() {
+        let (tx, mut rx) = channel(1000, 1 << 20);
+        assert_eq!(
+            rx.shared.lock().packets.capacity(),
+            0,
+            "nothing allocated up front"
+        );
+        for _ in 0..200 {
+            tx.try_push(data(1)).expect("room");
+        }
+        for _ in 0..200 {
+            rx.recv().await.expect("packet");
+        }
+        assert_eq!(
+            rx.shared.lock().packets.capacity(),
+            0,
+            "ring freed once drained"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use crate::metrics::ServiceMethod;
 use crate::quic::{packet_pump, PumpInput, PUMP_INPUT_PACKETS};
 use crate::router::FrontendId;
-use crate::state::{FrontendSink, QuicTunnel, Shared};
+use crate::state::{FrontendSink, QuicTunnel, Shared, TunnelsRx};
 
 /// This frontend's connections on QUIC agents: connectID → the writer side of its pump.
 type QuicConns = HashMap<i64, mpsc::Sender<PumpInput>>;
@@ -72,7 +72,7 @@ async fn serve(
     id: FrontendId,
     sink: FrontendSink,
     mut inbound: Streaming<Packet>,
-    mut tunnels: mpsc::UnboundedReceiver<QuicTunnel>,
+    mut tunnels: TunnelsRx,
 ) {
     let mut quic = QuicConns::new();
     loop {
@@ -81,7 +81,7 @@ async fn serve(
             // frontend's first DATA for it.
             biased;
             _ = sink.abort_token().cancelled() => break,
-            Some(tunnel) = tunnels.recv() => {
+            tunnel = tunnels.recv() => {
                 start_pump(&shared, &sink, &mut quic, tunnel);
                 continue;
             }
@@ -101,7 +101,7 @@ async fn serve(
             }
         };
         shared.metrics.stream_packet_from_client(&packet);
-        while let Ok(tunnel) = tunnels.try_recv() {
+        while let Some(tunnel) = tunnels.try_recv() {
             start_pump(&shared, &sink, &mut quic, tunnel);
         }
         handle(&shared, id, &sink, &mut quic, packet).await;

@@ -178,6 +178,8 @@ where
         }
     };
     let early = buf.split_off(consumed);
+    // The head's buffer would otherwise live as long as the tunnel.
+    drop(buf);
 
     let (id, sink, mut rx) = shared.add_frontend();
     let result = tunnel(shared, io, id, &sink, &mut rx, authority, early).await;
@@ -250,7 +252,7 @@ where
     debug!(frontend = id, connect_id, address = %authority, "HTTP CONNECT tunnel established");
     // A connection on a QUIC agent arrives (before its DIAL_RSP) as its own stream: pump raw
     // bytes, with QUIC's per-stream flow control as the only back-pressure.
-    if let Ok(tunnel) = rx.tunnels.try_recv() {
+    if let Some(tunnel) = rx.tunnels.try_recv() {
         if tunnel.connect_id == connect_id {
             return raw_quic(shared, io, tunnel, early, &abort).await;
         }
