@@ -196,6 +196,17 @@ pub struct BenchConfig {
     pub progress: bool,
     /// Upper bound on one scenario run; a run that takes longer is recorded as FAILED.
     pub scenario_timeout: Duration,
+    /// Flags added to the proxy-server and proxy-agent command lines (to compare settings).
+    pub extra_args: ExtraArgs,
+}
+
+/// Flags added to the binaries' command lines, after the bench's own (so they win).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExtraArgs {
+    /// For proxy-server.
+    pub server: Vec<String>,
+    /// For proxy-agent.
+    pub agent: Vec<String>,
 }
 
 /// Default upper bound on one scenario run. Ten minutes: far above any healthy run (the
@@ -243,6 +254,7 @@ impl BenchConfig {
             holder_exe,
             progress: true,
             scenario_timeout: SCENARIO_TIMEOUT,
+            extra_args: ExtraArgs::default(),
         }
     }
 

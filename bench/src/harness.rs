@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::bins::Binaries;
-use crate::config::{Frontend, Transport};
+use crate::config::{ExtraArgs, Frontend, Transport};
 use crate::conn::Route;
 use crate::error::{BenchError, Result};
 use crate::sinks::Op;
@@ -47,12 +47,14 @@ pub struct BenchEnv {
     pub pki: PkiPaths,
     /// Binaries under test.
     pub binaries: Binaries,
+    /// Flags appended to every proxy-server / proxy-agent command line.
+    pub extra: ExtraArgs,
     counter: std::sync::atomic::AtomicUsize,
 }
 
 impl BenchEnv {
     /// Creates the directory and a fresh PKI (SANs `localhost`, `127.0.0.1`, `::1`).
-    pub fn new(binaries: Binaries) -> Result<BenchEnv> {
+    pub fn new(binaries: Binaries, extra: ExtraArgs) -> Result<BenchEnv> {
         let dir = tempfile::Builder::new()
             .prefix("konnectivity-bench-")
             .tempdir()
@@ -62,6 +64,7 @@ impl BenchEnv {
             dir,
             pki,
             binaries,
+            extra,
             counter: std::sync::atomic::AtomicUsize::new(0),
         })
     }
@@ -299,6 +302,7 @@ impl Harness {
         };
         let dialer = Dialer::new(protocol, proxy_transport)?.with_dial_timeout(BENCH_DIAL_TIMEOUT);
 
+        server_args.extend(env.extra.server.iter().cloned());
         let mut server = ChildProc::spawn(
             &env.binaries.server,
             "proxy-server",
@@ -330,6 +334,7 @@ impl Harness {
         if transport == Transport::Quic {
             agent_args.push("--transport=quic".to_string());
         }
+        agent_args.extend(env.extra.agent.iter().cloned());
         let mut agent = ChildProc::spawn(
             &env.binaries.agent,
             "proxy-agent",

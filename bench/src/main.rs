@@ -56,6 +56,13 @@ struct Cli {
     /// longer transfer gives a profiler (`perf record -p`) a steady state to sample.
     #[arg(long, value_name = "MIB")]
     bulk_mib: Option<u64>,
+    /// A flag to add to every proxy-server command line (repeatable), e.g.
+    /// `--server-arg=--worker-threads=1`; recorded in the JSON.
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    server_arg: Vec<String>,
+    /// A flag to add to every proxy-agent command line (repeatable).
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    agent_arg: Vec<String>,
     /// Do not run `cargo build` for proxy-server and proxy-agent first; use what is there.
     #[arg(long)]
     no_build: bool,
@@ -91,6 +98,8 @@ fn bench(cli: Cli) -> anyhow::Result<bool> {
         BenchConfig::full(binaries, holder)
     };
     config.runs = cli.runs;
+    config.extra_args.server = cli.server_arg.clone();
+    config.extra_args.agent = cli.agent_arg.clone();
     if let Some(mib) = cli.bulk_mib {
         config.bulk_bytes = mib << 20;
     }

@@ -129,6 +129,8 @@ pub struct ConfigSummary {
     pub agent_bin: String,
     /// Their cargo profile.
     pub profile: String,
+    /// Flags added to their command lines (`--server-arg`, `--agent-arg`).
+    pub extra_args: crate::config::ExtraArgs,
 }
 
 impl ConfigSummary {
@@ -148,6 +150,7 @@ impl ConfigSummary {
             server_bin: c.binaries.server.display().to_string(),
             agent_bin: c.binaries.agent.display().to_string(),
             profile: c.binaries.profile.clone(),
+            extra_args: c.extra_args.clone(),
         }
     }
 }
@@ -602,6 +605,7 @@ mod tests {
                 server_bin: String::new(),
                 agent_bin: String::new(),
                 profile: "test".into(),
+                extra_args: Default::default(),
             },
             nofile: NofileLimit {
                 soft_before: 1,

@@ -170,7 +170,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report> {
     let t0 = Instant::now();
     let machine = MachineInfo::collect();
     let nofile = procfs::raise_nofile()?;
-    let env = BenchEnv::new(config.binaries.clone())?;
+    let env = BenchEnv::new(config.binaries.clone(), config.extra_args.clone())?;
     let dest = Destination::start()?;
     progress(
         config,

@@ -83,6 +83,9 @@ pub struct AgentExtensions {
     /// Ask gRPC servers for per-connection flow control (hidden `--flow-control`, default
     /// true; false behaves as an upstream agent, for tests).
     pub flow_control: bool,
+    /// `--worker-threads`: threads of the process's task scheduler; 0 means one per CPU.
+    /// Read by the binary when it builds its runtime, before `run`.
+    pub worker_threads: usize,
 }
 
 impl Default for AgentExtensions {
@@ -90,6 +93,7 @@ impl Default for AgentExtensions {
         AgentExtensions {
             transport: Transport::default(),
             flow_control: true,
+            worker_threads: 0,
         }
     }
 }

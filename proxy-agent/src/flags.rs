@@ -261,6 +261,11 @@ pub struct AgentFlags {
           default_value = DEFAULT_KUBE_API_CONTENT_TYPE, allow_hyphen_values = true)]
     pub kube_api_content_type: String,
 
+    /// Threads that run the proxy's tasks; 0 means one per CPU (tokio's default, which also honours $TOKIO_WORKER_THREADS). An extension of this build: each forwarded packet hops between tasks, and fewer threads mean fewer cross-thread wake-ups, so a small value lowers CPU per byte on a busy or small machine at the price of a throughput ceiling of that many cores.
+    #[arg(long = "worker-threads", value_name = "INT", default_value = "0",
+          value_parser = parse_go_int, allow_hyphen_values = true)]
+    pub worker_threads: i64,
+
     /// Transport to the proxy-server: 'grpc' (upstream's protocol) or 'quic' (QUIC over UDP to the same port, one stream per connection; an extension of this build, needs a proxy-server of this build).
     #[arg(
         long = "transport",
@@ -514,9 +519,16 @@ impl AgentFlags {
                 )))
             }
         };
+        let worker_threads = usize::try_from(self.worker_threads).map_err(|_| {
+            FlagError::Invalid(format!(
+                "--worker-threads must be >= 0 (0: one per CPU), got {}",
+                self.worker_threads
+            ))
+        })?;
         Ok(AgentExtensions {
             transport,
             flow_control: self.flow_control,
+            worker_threads,
         })
     }
 
@@ -790,6 +802,16 @@ mod tests {
             err(&with(base(&f), &["--transport=tcp"])),
             "--transport must be 'grpc' or 'quic', got \"tcp\""
         );
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_cpu_and_refuse_negatives() {
+        let f = files();
+        let c = config(&base(&f)).expect("default");
+        assert_eq!(c.extensions.worker_threads, 0);
+        let c = config(&with(base(&f), &["--worker-threads=1"])).expect("one");
+        assert_eq!(c.extensions.worker_threads, 1);
+        assert!(err(&with(base(&f), &["--worker-threads=-2"])).contains("--worker-threads"));
     }
 
     #[test]

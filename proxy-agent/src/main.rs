@@ -76,7 +76,12 @@ enum Outcome {
 }
 
 fn serve(config: proxy_agent::config::AgentConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // 0: tokio's default, one per CPU (or $TOKIO_WORKER_THREADS).
+    if config.extensions.worker_threads > 0 {
+        builder.worker_threads(config.extensions.worker_threads);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot build the tokio runtime")?;

@@ -104,6 +104,9 @@ pub struct ServerExtensions {
     /// Grant per-connection flow control to gRPC agents that ask for it (hidden
     /// `--flow-control`, default true; false behaves as an upstream server, for tests).
     pub flow_control: bool,
+    /// `--worker-threads`: threads of the process's task scheduler; 0 means one per CPU.
+    /// Read by the binary when it builds its runtime, before `run`.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerExtensions {
@@ -111,6 +114,7 @@ impl Default for ServerExtensions {
         ServerExtensions {
             enable_quic: true,
             flow_control: true,
+            worker_threads: 0,
         }
     }
 }

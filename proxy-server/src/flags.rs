@@ -353,6 +353,11 @@ pub struct ServerFlags {
           hide = true)]
     pub warn_on_channel_limit: Option<bool>,
 
+    /// Threads that run the proxy's tasks; 0 means one per CPU (tokio's default, which also honours $TOKIO_WORKER_THREADS). An extension of this build: each forwarded packet hops between tasks, and fewer threads mean fewer cross-thread wake-ups, so a small value lowers CPU per byte on a busy or small machine at the price of a throughput ceiling of that many cores.
+    #[arg(long = "worker-threads", value_name = "INT", default_value = "0",
+          value_parser = parse_go_int, allow_hyphen_values = true)]
+    pub worker_threads: i64,
+
     /// Also accept agents over QUIC (UDP) on the agent port and bind address, with the same certificates (an extension of this build; agents choose it with --transport=quic).
     #[arg(long = "enable-quic", value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_value = "true", default_missing_value = "true", value_parser = parse_go_bool)]
@@ -471,12 +476,19 @@ impl ServerFlags {
         out
     }
 
-    /// The settings of this build's extensions (`--enable-quic`).
-    pub fn extensions(&self) -> ServerExtensions {
-        ServerExtensions {
+    /// The settings of this build's extensions (`--enable-quic`, `--worker-threads`).
+    pub fn extensions(&self) -> Result<ServerExtensions, FlagError> {
+        let worker_threads = usize::try_from(self.worker_threads).map_err(|_| {
+            FlagError::Invalid(format!(
+                "--worker-threads must be >= 0 (0: one per CPU), got {}",
+                self.worker_threads
+            ))
+        })?;
+        Ok(ServerExtensions {
             enable_quic: self.enable_quic,
             flow_control: self.flow_control,
-        }
+            worker_threads,
+        })
     }
 
     /// Validates as upstream's `ProxyRunOptions.Validate()` does (same order, same messages),
@@ -491,7 +503,7 @@ impl ServerFlags {
         self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ServerConfig, FlagError> {
-        let extensions = self.extensions();
+        let extensions = self.extensions()?;
         let invalid = |m: String| Err(FlagError::Invalid(m));
 
         // --- upstream Validate(), in its order ---
@@ -1022,13 +1034,25 @@ mod tests {
             parse(&tcp_args(&f))
                 .expect("default")
                 .extensions()
+                .expect("valid")
                 .enable_quic
         );
         assert!(ServerExtensions::default().enable_quic);
         let off = parse(&with(tcp_args(&f), &["--enable-quic=false"])).expect("off");
-        assert!(!off.extensions().enable_quic);
+        assert!(!off.extensions().expect("valid").enable_quic);
         assert!(config(&with(tcp_args(&f), &["--enable-quic=false"])).is_ok());
         assert!(parse(&with(tcp_args(&f), &["--enable-quic=maybe"])).is_err());
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_cpu_and_refuse_negatives() {
+        let f = files();
+        let c = config(&tcp_args(&f)).expect("default");
+        assert_eq!(c.extensions.worker_threads, 0);
+        let c = config(&with(tcp_args(&f), &["--worker-threads=1"])).expect("one");
+        assert_eq!(c.extensions.worker_threads, 1);
+        let err = config(&with(tcp_args(&f), &["--worker-threads=-1"])).expect_err("negative");
+        assert!(err.to_string().contains("--worker-threads"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn grpc_agent(flow_control: bool) -> AgentExtensions {
     AgentExtensions {
         transport: Transport::Grpc,
         flow_control,
+        ..AgentExtensions::default()
     }
 }
 
