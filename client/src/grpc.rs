@@ -438,7 +438,7 @@ impl DataPhase<'_> {
                     match Incoming::from(packet) {
                         Incoming::Data { connect_id: id, data } if id == connect_id => {
                             if !data.is_empty() && self.read_tx.is_some() {
-                                pending = Some(Bytes::from(data));
+                                pending = Some(data);
                             }
                         }
                         Incoming::Data { connect_id: id, .. } if id != 0 => {
@@ -483,7 +483,7 @@ enum Incoming {
     },
     Data {
         connect_id: i64,
-        data: Vec<u8>,
+        data: bytes::Bytes,
     },
     CloseResponse {
         connect_id: i64,

@@ -108,7 +108,7 @@ impl Packet {
         )
     }
 
-    pub fn data(connect_id: i64, data: impl Into<Vec<u8>>) -> Self {
+    pub fn data(connect_id: i64, data: impl Into<bytes::Bytes>) -> Self {
         Self::of(
             PacketType::Data,
             Payload::Data(Data {

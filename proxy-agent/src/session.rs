@@ -378,7 +378,7 @@ impl Session<'_> {
         self.tasks.spawn(task.run(stream, queue_rx, abort_rx));
     }
 
-    fn on_data(&mut self, connect_id: i64, data: Vec<u8>) {
+    fn on_data(&mut self, connect_id: i64, data: bytes::Bytes) {
         let Some(conn) = self.table.get(connect_id) else {
             tracing::debug!(
                 server_id = self.server_id,

@@ -363,7 +363,7 @@ pub(crate) async fn dial(
 #[derive(Debug)]
 pub enum PumpInput {
     /// DATA bytes for the destination.
-    Data(Vec<u8>),
+    Data(bytes::Bytes),
     /// CLOSE_REQ: close the connection.
     Close,
 }
@@ -412,7 +412,8 @@ pub async fn packet_pump(
             while let Some(msg) = input.recv().await {
                 match msg {
                     PumpInput::Data(data) => {
-                        if let Err(e) = send.write_all(&data).await {
+                        // Handed to quinn as is: no copy.
+                        if let Err(e) = send.write_chunk(data).await {
                             return PumpEnd::AgentFailed(e.to_string());
                         }
                     }

@@ -590,8 +590,9 @@ impl Shared {
         &self,
         frontend: FrontendId,
         connect_id: i64,
-        data: Vec<u8>,
+        data: impl Into<bytes::Bytes>,
     ) -> Result<(), &'static str> {
+        let data: bytes::Bytes = data.into();
         let backend = lock(&self.router).route_from_frontend(frontend, connect_id);
         let Some(backend) = backend else {
             return Err(if lock(&self.router).frontend_has_dialled(frontend) {

@@ -149,7 +149,7 @@ impl ProxyService for FakeProxy {
                     Some(Payload::Data(d)) if established != 0 && d.connect_id == established => {
                         match &forward {
                             Some(sock) => {
-                                let _ = sock.send(d.data);
+                                let _ = sock.send(d.data.to_vec());
                             }
                             None => {
                                 let _ = tx.send(Ok(Packet::data(established, d.data))).await;
