@@ -3,12 +3,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use konnectivity_client::{Dialer, Tunnel};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use konnectivity_client::{Dialer, EgressStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{BenchError, Result};
@@ -38,69 +36,29 @@ impl Route {
                     .await
                     .map_err(|e| BenchError::io(format!("connecting to {addr}"), e))?;
                 let _ = s.set_nodelay(true);
-                Ok(Conn::Tcp(s))
+                Ok(Conn(EgressStream::Tcp(s)))
             }
-            Route::Proxy(dialer) => Ok(Conn::Tunnel(dialer.dial(&addr.to_string()).await?)),
+            Route::Proxy(dialer) => Ok(Conn(EgressStream::Tunnel(
+                dialer.dial(&addr.to_string()).await?,
+            ))),
         }
     }
 }
 
-/// A stream to a destination: direct TCP or a proxy tunnel.
+/// A stream to a destination: the client library's [`EgressStream`] (direct TCP or a proxy
+/// tunnel), with the bench's verified operations on top.
 #[derive(Debug)]
-pub enum Conn {
-    /// Direct.
-    Tcp(TcpStream),
-    /// Through the proxy.
-    Tunnel(Tunnel),
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tunnel(t) => Pin::new(t).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tunnel(t) => Pin::new(t).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tunnel(t) => Pin::new(t).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tunnel(t) => Pin::new(t).poll_shutdown(cx),
-        }
-    }
-}
+pub struct Conn(EgressStream);
 
 impl Conn {
     /// Sends a request header.
     pub async fn request(&mut self, op: Op, seed: u64, len: u64) -> Result<()> {
-        self.write_all(&Request { op, seed, len }.encode())
+        self.0
+            .write_all(&Request { op, seed, len }.encode())
             .await
             .map_err(|e| BenchError::io("sending the request header", e))?;
-        self.flush()
+        self.0
+            .flush()
             .await
             .map_err(|e| BenchError::io("sending the request header", e))
     }
@@ -116,16 +74,18 @@ impl Conn {
         while sent < len {
             pattern.refill_headers(sent, &mut buf);
             let n = usize::try_from(len - sent).map_or(buf.len(), |l| l.min(buf.len()));
-            self.write_all(&buf[..n])
+            self.0
+                .write_all(&buf[..n])
                 .await
                 .map_err(|e| BenchError::io(format!("uploading after {sent} bytes"), e))?;
             sent += n as u64;
         }
-        self.flush()
+        self.0
+            .flush()
             .await
             .map_err(|e| BenchError::io("flushing the upload", e))?;
         let mut reply = [0u8; REPLY_LEN];
-        self.read_exact(&mut reply).await.map_err(|e| {
+        self.0.read_exact(&mut reply).await.map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 BenchError::Protocol(format!(
                     "the upload sink closed without a verdict after {len} bytes were sent: it received fewer"
@@ -160,6 +120,7 @@ impl Conn {
             let left = len - verifier.verified();
             let want = usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()));
             let n = self
+                .0
                 .read(&mut buf[..want])
                 .await
                 .map_err(|e| BenchError::io("reading the download", e))?;
@@ -183,15 +144,18 @@ impl Conn {
 
     /// One echo round trip of `msg` (the stream must be in echo mode); verifies the echo.
     pub async fn round_trip(&mut self, msg: &[u8], buf: &mut [u8]) -> Result<()> {
-        self.write_all(msg)
+        self.0
+            .write_all(msg)
             .await
             .map_err(|e| BenchError::io("sending a ping", e))?;
         // TLS streams may hold written bytes until flushed.
-        self.flush()
+        self.0
+            .flush()
             .await
             .map_err(|e| BenchError::io("sending a ping", e))?;
         let back = &mut buf[..msg.len()];
-        self.read_exact(back)
+        self.0
+            .read_exact(back)
             .await
             .map_err(|e| BenchError::io("reading a pong", e))?;
         if back != msg {
@@ -205,10 +169,10 @@ impl Conn {
     /// Closes the stream and waits (at most [`CLOSE_WAIT`]) for the far end to close too, so
     /// the next measurement does not overlap this stream's teardown.
     pub async fn close(mut self) {
-        let _ = self.shutdown().await;
+        let _ = self.0.shutdown().await;
         let mut buf = [0u8; 256];
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            while matches!(self.read(&mut buf).await, Ok(n) if n > 0) {}
+            while matches!(self.0.read(&mut buf).await, Ok(n) if n > 0) {}
         })
         .await;
     }
