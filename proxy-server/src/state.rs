@@ -2,16 +2,15 @@
 //!
 //! Locks are `std::sync::Mutex`es held only for table look-ups, never across an `.await`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use konnectivity_proto::{DialRequest, Packet};
 use konnectivity_tunnel::credit::{self, CreditGate, RecvWindow};
 use konnectivity_tunnel::outbound::OutboundTx;
 use konnectivity_tunnel::queue::{self, QueueClosed, QueueRx, QueueTx, TryPushError};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -42,70 +41,25 @@ pub struct QuicTunnel {
     pub recv: quinn::RecvStream,
 }
 
-/// QUIC connections on their way to the frontend that dialled them. A plain list behind a lock
-/// rather than a channel: a channel allocates a block of slots up front for every frontend,
-/// and almost every frontend receives one tunnel or none.
-#[derive(Debug, Default)]
-struct Inbox {
-    state: Mutex<InboxState>,
-    /// Wakes the receiver; `notify_one` keeps a permit if it is not waiting yet.
-    arrived: Notify,
-}
-
-#[derive(Debug, Default)]
-struct InboxState {
-    tunnels: VecDeque<QuicTunnel>,
-    receiver_gone: bool,
-}
-
-impl Inbox {
-    /// The list, even after a panicking holder: each update is a single push or pop.
-    fn lock(&self) -> MutexGuard<'_, InboxState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+/// A QUIC connection waits in its frontend's hand-off queue (unbounded: at most one per dial)
+/// at the least charge; it holds no payload of its own.
+impl queue::Charge for QuicTunnel {
+    fn payload_bytes(&self) -> usize {
+        0
     }
 }
 
-/// The receiving end of a frontend's QUIC connections.
-#[derive(Debug)]
-pub struct TunnelsRx {
-    inbox: Arc<Inbox>,
-}
-
-impl TunnelsRx {
-    /// A connection already handed over, if any.
-    pub fn try_recv(&mut self) -> Option<QuicTunnel> {
-        self.inbox.lock().tunnels.pop_front()
-    }
-
-    /// Waits for the next connection; pending for as long as none arrives.
-    pub async fn recv(&mut self) -> QuicTunnel {
-        loop {
-            if let Some(tunnel) = self.try_recv() {
-                return tunnel;
-            }
-            self.inbox.arrived.notified().await;
-        }
-    }
-}
-
-impl Drop for TunnelsRx {
-    fn drop(&mut self) {
-        // Streams nobody will pump are dropped here, which ends them toward the agent.
-        let orphans = {
-            let mut state = self.inbox.lock();
-            state.receiver_gone = true;
-            std::mem::take(&mut state.tunnels)
-        };
-        drop(orphans);
-    }
-}
+/// The receiving end of a frontend's QUIC connections. A queue rather than a channel: a
+/// channel allocates a block of slots up front for every frontend, and almost every frontend
+/// receives one tunnel or none. Dropping it drops (and so ends) streams nobody will pump.
+pub type TunnelsRx = QueueRx<QuicTunnel>;
 
 /// Where packets for one frontend go, and how to abort it.
 #[derive(Debug, Clone)]
 pub struct FrontendSink {
     queue: QueueTx,
     abort: CancellationToken,
-    tunnels: Arc<Inbox>,
+    tunnels: QueueTx<QuicTunnel>,
 }
 
 /// What a frontend receives: packets, and the streams of connections on QUIC agents.
@@ -127,16 +81,16 @@ impl FrontendSink {
             queue::connection_packets(xfr_channel_size).max(credit::FLOW_QUEUE_PACKETS),
             queue::DEFAULT_QUEUE_BYTES,
         );
-        let inbox = Arc::new(Inbox::default());
+        let (tunnels, tunnels_rx) = queue::channel(usize::MAX, usize::MAX);
         (
             FrontendSink {
                 queue,
                 abort: parent.child_token(),
-                tunnels: Arc::clone(&inbox),
+                tunnels,
             },
             FrontendRx {
                 queue: rx,
-                tunnels: TunnelsRx { inbox },
+                tunnels: tunnels_rx,
             },
         )
     }
@@ -154,15 +108,11 @@ impl FrontendSink {
 
     /// Hands a QUIC connection to the frontend; gives it back if the frontend is gone.
     pub fn attach(&self, tunnel: QuicTunnel) -> Result<(), QuicTunnel> {
-        {
-            let mut state = self.tunnels.lock();
-            if state.receiver_gone {
-                return Err(tunnel);
-            }
-            state.tunnels.push_back(tunnel);
-        }
-        self.tunnels.arrived.notify_one();
-        Ok(())
+        // Unbounded, so only a gone frontend refuses it.
+        self.tunnels.try_push(tunnel).map_err(|e| match e {
+            TryPushError::Full(full) => full.packet,
+            TryPushError::Closed(closed) => closed.0,
+        })
     }
 }
 

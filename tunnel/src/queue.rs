@@ -36,12 +36,27 @@ pub fn connection_packets(xfr_channel_size: usize) -> usize {
 /// Bytes charged for a packet without payload bytes, so a flood of empty packets is bounded too.
 const MIN_CHARGE: usize = 64;
 
+/// What a queued item costs against the queue's byte bound (at least [`MIN_CHARGE`] is charged).
+pub trait Charge {
+    /// Payload bytes this item holds.
+    fn payload_bytes(&self) -> usize;
+}
+
+impl Charge for Packet {
+    fn payload_bytes(&self) -> usize {
+        match &self.payload {
+            Some(Payload::Data(d)) => d.data.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// The queue is full: the consumer is not keeping up. The packet is handed back.
 #[derive(Debug, thiserror::Error)]
 #[error("connection queue full ({queued_packets} packets queued): its reader has stalled")]
-pub struct QueueFull {
-    /// The packet that did not fit.
-    pub packet: Packet,
+pub struct QueueFull<T: std::fmt::Debug = Packet> {
+    /// The packet (item) that did not fit.
+    pub packet: T,
     /// How many packets were waiting.
     pub queued_packets: usize,
 }
@@ -49,17 +64,17 @@ pub struct QueueFull {
 /// The consumer has gone away; the connection is closed.
 #[derive(Debug, thiserror::Error)]
 #[error("connection queue closed: its reader has gone")]
-pub struct QueueClosed(pub Packet);
+pub struct QueueClosed<T: std::fmt::Debug = Packet>(pub T);
 
 /// Why `try_push` failed.
 #[derive(Debug, thiserror::Error)]
-pub enum TryPushError {
+pub enum TryPushError<T: std::fmt::Debug = Packet> {
     /// See [`QueueFull`].
     #[error(transparent)]
-    Full(#[from] QueueFull),
+    Full(#[from] QueueFull<T>),
     /// See [`QueueClosed`].
     #[error(transparent)]
-    Closed(#[from] QueueClosed),
+    Closed(#[from] QueueClosed<T>),
 }
 
 /// Capacity an emptied queue may keep; beyond it the packet ring is freed, so a connection that
@@ -71,8 +86,8 @@ const RETAINED_SLOTS: usize = 16;
 /// idle connection's queue is this struct alone (about 150 bytes), where a channel would hold
 /// a block of slots per connection.
 #[derive(Debug)]
-struct Shared {
-    state: Mutex<State>,
+struct Shared<T> {
+    state: Mutex<State<T>>,
     /// Wakes the consumer: a packet arrived or the last producer left. `notify_one` keeps a
     /// permit when the consumer is not waiting yet, so no wake-up is lost.
     readable: Notify,
@@ -82,10 +97,10 @@ struct Shared {
     max_bytes: usize,
 }
 
-#[derive(Debug, Default)]
-struct State {
+#[derive(Debug)]
+struct State<T> {
     /// Queued packets with the bytes each was charged.
-    packets: VecDeque<(Packet, usize)>,
+    packets: VecDeque<(T, usize)>,
     /// Sum of the charges of `packets`.
     bytes: usize,
     /// Live [`QueueTx`] handles.
@@ -94,7 +109,7 @@ struct State {
     closed: bool,
 }
 
-impl State {
+impl<T> State<T> {
     fn has_room(&self, charge: usize, max_packets: usize, max_bytes: usize) -> bool {
         self.packets.len() < max_packets && self.bytes + charge <= max_bytes
     }
@@ -102,24 +117,26 @@ impl State {
 
 /// Producer half. Cloning gives another producer for the same queue.
 #[derive(Debug)]
-pub struct QueueTx {
-    shared: Arc<Shared>,
+pub struct QueueTx<T = Packet> {
+    shared: Arc<Shared<T>>,
 }
 
 /// Consumer half.
 #[derive(Debug)]
-pub struct QueueRx {
-    shared: Arc<Shared>,
+pub struct QueueRx<T = Packet> {
+    shared: Arc<Shared<T>>,
 }
 
 /// Creates a queue holding at most `max_packets` packets and about `max_bytes` bytes (a single
 /// packet larger than `max_bytes` is admitted only when the queue is empty, so any packet the
 /// peer may legally send can pass).
-pub fn channel(max_packets: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
+pub fn channel<T>(max_packets: usize, max_bytes: usize) -> (QueueTx<T>, QueueRx<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
+            packets: VecDeque::new(),
+            bytes: 0,
             producers: 1,
-            ..State::default()
+            closed: false,
         }),
         readable: Notify::new(),
         writable: Notify::new(),
@@ -134,27 +151,23 @@ pub fn channel(max_packets: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
     )
 }
 
-/// Bytes a packet is charged for.
-fn charge(packet: &Packet, max_bytes: usize) -> usize {
-    let len = match &packet.payload {
-        Some(Payload::Data(d)) => d.data.len(),
-        _ => 0,
-    };
+/// Bytes an item is charged for.
+fn charge(item: &impl Charge, max_bytes: usize) -> usize {
     // Clamped to the bound so an oversized packet can still pass an empty queue.
-    len.clamp(MIN_CHARGE, max_bytes)
+    item.payload_bytes().clamp(MIN_CHARGE, max_bytes)
 }
 
-impl Shared {
+impl<T> Shared<T> {
     /// The state, even if a holder panicked: every update below leaves it consistent before
     /// anything that could panic, so a poisoned lock holds valid data.
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl QueueTx {
+impl<T: Charge + std::fmt::Debug> QueueTx<T> {
     /// Pushes without waiting; the shared receive loop's only way in.
-    pub fn try_push(&self, packet: Packet) -> Result<(), TryPushError> {
+    pub fn try_push(&self, packet: T) -> Result<(), TryPushError<T>> {
         let s = &self.shared;
         let n = charge(&packet, s.max_bytes);
         let mut state = s.lock();
@@ -177,7 +190,7 @@ impl QueueTx {
     }
 
     /// Pushes, waiting for room; for a producer that owns this connection.
-    pub async fn push(&self, packet: Packet) -> Result<(), QueueClosed> {
+    pub async fn push(&self, packet: T) -> Result<(), QueueClosed<T>> {
         let s = &self.shared;
         let n = charge(&packet, s.max_bytes);
         loop {
@@ -201,14 +214,16 @@ impl QueueTx {
             notified.await;
         }
     }
+}
 
+impl<T> QueueTx<T> {
     /// True once the consumer has been dropped (or has closed the queue).
     pub fn is_closed(&self) -> bool {
         self.shared.lock().closed
     }
 }
 
-impl Clone for QueueTx {
+impl<T> Clone for QueueTx<T> {
     fn clone(&self) -> Self {
         self.shared.lock().producers += 1;
         QueueTx {
@@ -217,7 +232,7 @@ impl Clone for QueueTx {
     }
 }
 
-impl Drop for QueueTx {
+impl<T> Drop for QueueTx<T> {
     fn drop(&mut self) {
         let last = {
             let mut state = self.shared.lock();
@@ -230,28 +245,43 @@ impl Drop for QueueTx {
     }
 }
 
-impl QueueRx {
+impl<T> QueueRx<T> {
     /// Next packet; `None` once every producer is gone and the queue is empty.
-    pub async fn recv(&mut self) -> Option<Packet> {
-        let s = &self.shared;
+    pub async fn recv(&mut self) -> Option<T> {
         loop {
-            {
-                let mut state = s.lock();
-                if let Some((packet, n)) = state.packets.pop_front() {
-                    // Returning the packet's bytes to the budget.
-                    state.bytes -= n;
-                    if state.packets.is_empty() && state.packets.capacity() > RETAINED_SLOTS {
-                        state.packets = VecDeque::new();
-                    }
-                    drop(state);
-                    s.writable.notify_waiters();
-                    return Some(packet);
-                }
-                if state.producers == 0 || state.closed {
-                    return None;
-                }
+            match self.pop() {
+                Popped::Item(item) => return Some(item),
+                Popped::Ended => return None,
+                Popped::Empty => self.shared.readable.notified().await,
             }
-            s.readable.notified().await;
+        }
+    }
+
+    /// The next packet if one is queued now, without waiting.
+    pub fn try_recv(&mut self) -> Option<T> {
+        match self.pop() {
+            Popped::Item(item) => Some(item),
+            Popped::Ended | Popped::Empty => None,
+        }
+    }
+
+    fn pop(&mut self) -> Popped<T> {
+        let s = &self.shared;
+        let mut state = s.lock();
+        if let Some((item, n)) = state.packets.pop_front() {
+            // Returning the packet's bytes to the budget.
+            state.bytes -= n;
+            if state.packets.is_empty() && state.packets.capacity() > RETAINED_SLOTS {
+                state.packets = VecDeque::new();
+            }
+            drop(state);
+            s.writable.notify_waiters();
+            return Popped::Item(item);
+        }
+        if state.producers == 0 || state.closed {
+            Popped::Ended
+        } else {
+            Popped::Empty
         }
     }
 
@@ -262,7 +292,10 @@ impl QueueRx {
     }
 
     /// The queue as a stream, for handing to a gRPC response body.
-    pub fn into_stream(self) -> impl futures::Stream<Item = Packet> + Send + 'static {
+    pub fn into_stream(self) -> impl futures::Stream<Item = T> + Send + 'static
+    where
+        T: Send + 'static,
+    {
         futures::stream::unfold(
             self,
             |mut rx| async move { rx.recv().await.map(|p| (p, rx)) },
@@ -270,7 +303,16 @@ impl QueueRx {
     }
 }
 
-impl Drop for QueueRx {
+/// What [`QueueRx::pop`] found.
+enum Popped<T> {
+    Item(T),
+    /// Every producer is gone (or the consumer closed) and nothing is left.
+    Ended,
+    /// Nothing queued yet.
+    Empty,
+}
+
+impl<T> Drop for QueueRx<T> {
     fn drop(&mut self) {
         // Queued packets are dropped with the consumer, as a channel's would be.
         let dropped = {
@@ -371,6 +413,15 @@ mod tests {
         tx2.push(data(1)).await.expect("2");
         drop(tx2);
         assert_eq!(consumer.await.expect("join"), 2);
+    }
+
+    #[test]
+    fn try_recv_takes_what_is_queued_without_waiting() {
+        let (tx, mut rx) = channel(10, 1 << 20);
+        assert!(rx.try_recv().is_none());
+        tx.try_push(data(3)).expect("queued");
+        assert_eq!(rx.try_recv().map(|p| p.kind_name()), Some("DATA"));
+        assert!(rx.try_recv().is_none());
     }
 
     #[tokio::test]

@@ -81,7 +81,7 @@ async fn serve(
             // frontend's first DATA for it.
             biased;
             _ = sink.abort_token().cancelled() => break,
-            tunnel = tunnels.recv() => {
+            Some(tunnel) = tunnels.recv() => {
                 start_pump(&shared, &sink, &mut quic, tunnel);
                 continue;
             }
