@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use konnectivity_runtime::{ShutdownSignals, RUNTIME_SHUTDOWN_GRACE};
 use proxy_agent::flags::AgentFlags;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 /// Exit status for flags that parse but do not validate, as for a clap usage error.
@@ -21,34 +21,6 @@ const EXIT_USAGE: u8 = 2;
 /// How long `run` may take to return after the second signal before the process exits anyway.
 /// Cost: a stuck teardown delays exit by this much; in-flight tunnels are cut when it expires.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
-
-/// After `run` returns, how long dropping the runtime may wait for blocking tasks (file reads,
-/// DNS) still in flight. Cost: at most this much extra exit latency; longer-running blocking
-/// work is abandoned.
-const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
-/// SIGTERM and SIGINT as one stream.
-struct ShutdownSignals {
-    term: Signal,
-    int: Signal,
-}
-
-impl ShutdownSignals {
-    fn install() -> std::io::Result<Self> {
-        Ok(ShutdownSignals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Waits for the next SIGTERM or SIGINT and names it.
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
-}
 
 async fn handle_signals(
     mut signals: ShutdownSignals,
@@ -76,14 +48,7 @@ enum Outcome {
 }
 
 fn serve(config: proxy_agent::config::AgentConfig) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // 0: tokio's default, one per CPU (or $TOKIO_WORKER_THREADS).
-    if config.extensions.worker_threads > 0 {
-        builder.worker_threads(config.extensions.worker_threads);
-    }
-    let runtime = builder
-        .enable_all()
-        .build()
+    let runtime = konnectivity_runtime::build(config.extensions.worker_threads)
         .context("cannot build the tokio runtime")?;
     let outcome = runtime.block_on(async move {
         let drain = CancellationToken::new();
@@ -119,6 +84,8 @@ fn serve(config: proxy_agent::config::AgentConfig) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (logging may start one): see the module for why.
+    let allocator = konnectivity_runtime::allocator::tune();
     let flags = AgentFlags::parse();
     let klog = flags.klog.clone();
     let notices = flags.notices();
@@ -138,6 +105,10 @@ fn main() -> ExitCode {
     };
     for notice in notices {
         tracing::warn!("{notice}");
+    }
+    match allocator {
+        Ok(tuning) => tracing::debug!(?tuning, "malloc thresholds"),
+        Err(e) => tracing::warn!("{e}"),
     }
     tracing::info!(
         ?config,

@@ -7,12 +7,11 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use konnectivity_runtime::{ShutdownSignals, RUNTIME_SHUTDOWN_GRACE};
 use proxy_server::flags::ServerFlags;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 /// Exit status for flags that parse but do not validate, as for a clap usage error.
@@ -20,34 +19,6 @@ const EXIT_USAGE: u8 = 2;
 
 /// Exit status when a second signal interrupts the graceful shutdown (upstream's `os.Exit(1)`).
 const EXIT_SECOND_SIGNAL: i32 = 1;
-
-/// After `run` returns, how long dropping the runtime may wait for blocking tasks (file reads,
-/// DNS) still in flight. Cost: at most this much extra exit latency; longer-running blocking
-/// work is abandoned.
-const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
-/// SIGTERM and SIGINT as one stream.
-struct ShutdownSignals {
-    term: Signal,
-    int: Signal,
-}
-
-impl ShutdownSignals {
-    fn install() -> std::io::Result<Self> {
-        Ok(ShutdownSignals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Waits for the next SIGTERM or SIGINT and names it.
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
-}
 
 async fn handle_signals(mut signals: ShutdownSignals, shutdown: CancellationToken) {
     let first = signals.next().await;
@@ -62,14 +33,7 @@ async fn handle_signals(mut signals: ShutdownSignals, shutdown: CancellationToke
 }
 
 fn serve(config: proxy_server::config::ServerConfig) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // 0: tokio's default, one per CPU (or $TOKIO_WORKER_THREADS).
-    if config.extensions.worker_threads > 0 {
-        builder.worker_threads(config.extensions.worker_threads);
-    }
-    let runtime = builder
-        .enable_all()
-        .build()
+    let runtime = konnectivity_runtime::build(config.extensions.worker_threads)
         .context("cannot build the tokio runtime")?;
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -85,6 +49,8 @@ fn serve(config: proxy_server::config::ServerConfig) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (logging may start one): see the module for why.
+    let allocator = konnectivity_runtime::allocator::tune();
     let flags = ServerFlags::parse();
     let klog = flags.klog.clone();
     let notices = flags.notices();
@@ -104,6 +70,10 @@ fn main() -> ExitCode {
     };
     for notice in notices {
         tracing::warn!("{notice}");
+    }
+    match allocator {
+        Ok(tuning) => tracing::debug!(?tuning, "malloc thresholds"),
+        Err(e) => tracing::warn!("{e}"),
     }
     tracing::info!(
         ?config,

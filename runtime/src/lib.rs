@@ -1,0 +1,70 @@
+//! Process setup shared by `proxy-server` and `proxy-agent`.
+//!
+//! Both binaries build the same multi-threaded tokio runtime, take SIGTERM/SIGINT the same way
+//! and tune the allocator the same way before any thread starts; what they *do* on a signal
+//! differs and stays in their `main`.
+
+pub mod allocator;
+
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// After `run` returns, how long dropping the runtime may wait for blocking tasks (file reads,
+/// DNS) still in flight. Cost: at most this much extra exit latency; longer-running blocking
+/// work is abandoned.
+pub const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Builds the multi-threaded runtime with `worker_threads` workers; 0 keeps tokio's default
+/// (one per CPU, or `$TOKIO_WORKER_THREADS`).
+pub fn build(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder.enable_all().build()
+}
+
+/// SIGTERM and SIGINT as one stream: both mean "stop", and upstream treats them alike.
+#[derive(Debug)]
+pub struct ShutdownSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl ShutdownSignals {
+    /// Installs both handlers; must be called inside the runtime.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT and names it, for the log line.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_honours_an_explicit_worker_count() {
+        let rt = build(1).expect("runtime");
+        assert_eq!(rt.metrics().num_workers(), 1);
+        let rt = build(0).expect("runtime");
+        assert!(rt.metrics().num_workers() >= 1);
+    }
+
+    #[test]
+    fn signals_install_inside_a_runtime() {
+        let rt = build(1).expect("runtime");
+        rt.block_on(async { ShutdownSignals::install().expect("handlers") });
+    }
+}
