@@ -8,32 +8,41 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::task::Poll;
 
-use tokio::io::{AsyncRead, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncRead;
 
 /// Largest DATA payload we produce. Upstream reads 32 KiB (server) and 4 KiB (agent); bigger
-/// chunks cut the per-packet work on a bulk transfer. Cost: a reader holds up to this much
-/// stack (not heap) while it copies out a chunk, and a packet may carry this much; upstream
-/// peers accept gRPC messages up to 4 MiB.
+/// chunks cut the per-packet work on a bulk transfer. Cost: a reader allocates this much for
+/// each read that finds bytes (returned at once when the read was small), and a packet may
+/// carry this much; upstream peers accept gRPC messages up to 4 MiB.
 pub const DATA_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Reads whatever `rd` has (at most [`DATA_CHUNK_BYTES`]) into a payload of exactly that size;
-/// an empty payload means end of stream. The bytes land in a stack buffer that exists only
-/// while the read is being polled and are then copied into the payload, so a connection
-/// waiting here for its peer holds no buffer.
-pub async fn read_chunk<R: AsyncRead + Unpin + ?Sized>(rd: &mut R) -> io::Result<Vec<u8>> {
+/// Reads whatever `rd` has (at most [`DATA_CHUNK_BYTES`]) into a payload of that size; an
+/// empty payload means end of stream. The payload is allocated for each poll and freed again
+/// when the reader has nothing, so a connection waiting here for its peer holds no buffer, and
+/// a busy one reads straight into the payload it sends (no copy, unless [`fit`] trims it).
+pub async fn read_chunk<R: AsyncRead + Unpin + ?Sized>(rd: &mut R) -> io::Result<Bytes> {
     poll_fn(|cx| {
-        let mut stack = [MaybeUninit::<u8>::uninit(); DATA_CHUNK_BYTES];
-        let mut buf = ReadBuf::uninit(&mut stack);
-        match Pin::new(&mut *rd).poll_read(cx, &mut buf) {
-            std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Ok(buf.filled().to_vec())),
-            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-            std::task::Poll::Pending => std::task::Poll::Pending,
+        let mut payload = BytesMut::with_capacity(DATA_CHUNK_BYTES);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *rd), cx, &mut payload) {
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(fit_bytes(payload))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     })
     .await
+}
+
+/// [`fit`] for a payload read into a `BytesMut`.
+fn fit_bytes(payload: BytesMut) -> Bytes {
+    if payload.len() < payload.capacity() / 2 {
+        Bytes::copy_from_slice(&payload)
+    } else {
+        payload.freeze()
+    }
 }
 
 /// Trims a payload read into a [`DATA_CHUNK_BYTES`] allocation when it filled less than half
@@ -65,10 +74,25 @@ mod tests {
                 break;
             }
             assert!(chunk.len() <= DATA_CHUNK_BYTES);
-            assert_eq!(chunk.len(), chunk.capacity(), "payload sized to the read");
             got.extend_from_slice(&chunk);
         }
         assert_eq!(got, sent);
+    }
+
+    #[tokio::test]
+    async fn a_small_read_does_not_pin_a_whole_chunk() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(b"hello").await.unwrap();
+        let chunk = read_chunk(&mut b).await.unwrap();
+        assert_eq!(&chunk[..], b"hello");
+        // A trimmed payload is its own small allocation: converting it back to a Vec reuses it
+        // only if it is exactly sized.
+        let v: Vec<u8> = chunk.into();
+        assert!(
+            v.capacity() < DATA_CHUNK_BYTES / 2,
+            "capacity {}",
+            v.capacity()
+        );
     }
 
     #[test]
