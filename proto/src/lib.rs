@@ -21,6 +21,8 @@ pub use generated::{
     PacketType,
 };
 
+pub mod wire;
+
 /// Messages of the QUIC transport's control stream (an extension; see `proto/quic.proto`).
 pub mod quic {
     pub use super::generated::control_message::Kind as ControlKind;

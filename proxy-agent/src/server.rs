@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use futures::Stream;
 use hyper_util::rt::TokioIo;
-use konnectivity_proto::{AgentServiceClient, Packet};
+use konnectivity_proto::Packet;
 use konnectivity_tls::ReadAhead;
 use konnectivity_tunnel::credit;
+use konnectivity_tunnel::grpc::{PacketBody, PacketStream};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Request, Streaming};
 
 use crate::config::AgentConfig;
 
@@ -258,7 +258,7 @@ pub struct ServerStream {
     /// The server's identity and reported server count.
     pub hello: ServerHello,
     /// Packets from the server.
-    pub inbound: Streaming<Packet>,
+    pub inbound: PacketStream<tonic::body::Body>,
     /// Keeps the HTTP/2 connection's client handle alive for as long as the stream is used;
     /// dropping it (with the stream) closes the connection.
     pub channel: Channel,
@@ -441,8 +441,7 @@ impl ServerConnector {
                 source,
             })?;
 
-        let mut request = Request::new(outbound);
-        let md = request.metadata_mut();
+        let mut md = MetadataMap::with_capacity(4);
         md.insert(AGENT_ID_HEADER, self.agent_id.clone());
         md.insert(AGENT_IDENTIFIERS_HEADER, self.identifiers.clone());
         if let Some(auth) = authorization {
@@ -454,15 +453,28 @@ impl ServerConnector {
                 AsciiMetadataValue::from_static(credit::FLOW_CONTROL_VERSION),
             );
         }
-        let mut client = AgentServiceClient::new(channel.clone());
-        let response = match tokio::time::timeout(HEADERS_TIMEOUT, client.connect(request)).await {
+        // The request tonic's generated client would send, with packets framed by
+        // `konnectivity_tunnel::grpc` (no codec copy of DATA payloads). The channel adds the
+        // scheme, authority and user-agent.
+        let body = PacketBody::request(Box::pin(outbound));
+        let mut request = http::Request::new(tonic::body::Body::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static(konnectivity_proto::CONNECT_PATH);
+        let headers = request.headers_mut();
+        *headers = md.into_headers();
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        let mut client = channel.clone();
+        let call = async {
+            tower::ServiceExt::ready(&mut client).await?;
+            tower::Service::call(&mut client, request).await
+        };
+        let response = match tokio::time::timeout(HEADERS_TIMEOUT, call).await {
             Ok(Ok(r)) => r,
-            Ok(Err(status)) => {
-                return Err(ConnectError::Rejected {
-                    address,
-                    status: Box::new(status),
-                })
-            }
+            Ok(Err(source)) => return Err(ConnectError::Http2 { address, source }),
             Err(_) => {
                 return Err(ConnectError::HeadersTimeout {
                     address,
@@ -470,16 +482,23 @@ impl ServerConnector {
                 })
             }
         };
-        let hello = parse_server_headers(response.metadata())
+        let (parts, body) = response.into_parts();
+        if let Some(status) = refusal(parts.status, &parts.headers) {
+            return Err(ConnectError::Rejected {
+                address,
+                status: Box::new(status),
+            });
+        }
+        let metadata = MetadataMap::from_headers(parts.headers);
+        let hello = parse_server_headers(&metadata)
             .map_err(|problem| ConnectError::BadHeaders { address, problem })?;
         let flow_control = self.flow_control
-            && response
-                .metadata()
+            && metadata
                 .get(credit::FLOW_CONTROL_HEADER)
                 .is_some_and(|v| v.as_bytes() == credit::FLOW_CONTROL_VERSION.as_bytes());
         Ok(ServerStream {
             hello,
-            inbound: response.into_inner(),
+            inbound: PacketStream::new(body),
             channel,
             flow_control,
         })
@@ -488,6 +507,30 @@ impl ServerConnector {
     fn endpoint_port(&self) -> u16 {
         self.endpoint.uri().port_u16().unwrap_or(443)
     }
+}
+
+/// Why the server's response headers refuse the stream, if they do: a trailers-only response
+/// carries a non-OK `grpc-status` in its headers; a non-200 HTTP status is mapped to a gRPC code
+/// as gRPC's HTTP-to-gRPC status table prescribes.
+fn refusal(http_status: http::StatusCode, headers: &http::HeaderMap) -> Option<tonic::Status> {
+    if let Some(status) = tonic::Status::from_header_map(headers) {
+        return (status.code() != tonic::Code::Ok).then_some(status);
+    }
+    if http_status == http::StatusCode::OK {
+        return None;
+    }
+    let code = match http_status.as_u16() {
+        400 => tonic::Code::Internal,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::Unimplemented,
+        429 | 502 | 503 | 504 => tonic::Code::Unavailable,
+        _ => tonic::Code::Unknown,
+    };
+    Some(tonic::Status::new(
+        code,
+        format!("proxy-server answered HTTP {http_status}"),
+    ))
 }
 
 /// Reads the token file (exact contents, re-read per connection, as upstream) and builds the

@@ -1,14 +1,24 @@
 //! The agent-facing gRPC service, `AgentService.Connect`: one stream per agent connection.
+//!
+//! Served as a raw HTTP/2 service rather than through tonic's generated server so that packets
+//! are framed by [`konnectivity_tunnel::grpc`] (DATA payloads are not copied through a codec
+//! buffer); on the wire it is the same gRPC method, headers and trailers.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures::{Stream, StreamExt};
-use konnectivity_proto::{AgentService, Packet};
+use konnectivity_proto::{Packet, CONNECT_PATH};
+use konnectivity_tunnel::grpc::{PacketBody, PacketStream};
 use konnectivity_tunnel::{credit, outbound};
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::body::Body;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::server::NamedService;
+use tonic::{Request, Status};
 use tracing::{info, warn};
 
 use crate::identifiers::AgentIdentifiers;
@@ -35,7 +45,8 @@ impl Backend {
     }
 }
 
-type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send + 'static>>;
+/// The outbound packets, as the response body polls them.
+type Outbound = Pin<Box<dyn Stream<Item = Packet> + Send + 'static>>;
 
 /// The identity rules every transport applies: exactly one non-empty agent id, at most one
 /// identifiers value (parsed leniently, as upstream). The `Err` is the refusal message.
@@ -61,7 +72,7 @@ pub fn validate_identity(
 
 /// Reads the agent's identity headers, refusing the stream with a clear status if they are
 /// not as the protocol requires.
-fn identity(request: &Request<Streaming<Packet>>) -> Result<(String, AgentIdentifiers), Status> {
+fn identity<T>(request: &Request<T>) -> Result<(String, AgentIdentifiers), Status> {
     let md = request.metadata();
     let ids: Vec<String> = md
         .get_all(AGENT_ID_HEADER)
@@ -76,14 +87,34 @@ fn identity(request: &Request<Streaming<Packet>>) -> Result<(String, AgentIdenti
     validate_identity(&ids, &raw).map_err(Status::invalid_argument)
 }
 
-#[tonic::async_trait]
-impl AgentService for Backend {
-    type ConnectStream = PacketStream;
+impl NamedService for Backend {
+    const NAME: &'static str = "AgentService";
+}
 
-    async fn connect(
-        &self,
-        request: Request<Streaming<Packet>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+impl tower::Service<http::Request<Body>> for Backend {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let response = if request.uri().path() == CONNECT_PATH {
+            self.connect(Request::from_http(request))
+                .unwrap_or_else(Status::into_http)
+        } else {
+            Status::unimplemented(format!("unknown method {}", request.uri().path())).into_http()
+        };
+        Box::pin(std::future::ready(Ok(response)))
+    }
+}
+
+impl Backend {
+    /// Accepts one agent stream: registers the agent, spawns its receive loop and answers with
+    /// the outbound packets as the response body.
+    fn connect(&self, request: Request<Body>) -> Result<http::Response<Body>, Status> {
         let peer = request.remote_addr();
         let (agent_id, identifiers) = identity(&request).inspect_err(|status| {
             warn!(?peer, message = status.message(), "refused agent stream");
@@ -112,21 +143,21 @@ impl AgentService for Backend {
             .metrics
             .grpc_connection_opened(crate::metrics::ServiceMethod::Connect);
 
-        let mut inbound = request.into_inner();
+        let mut inbound = PacketStream::new(request.into_inner());
         let loop_retire = retire.clone();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
                     _ = loop_retire.cancelled() => break,
-                    m = inbound.message() => m,
+                    m = inbound.next() => m,
                 };
                 match msg {
-                    Ok(Some(packet)) => shared.on_agent_packet(id, &tx, packet),
-                    Ok(None) => {
+                    Some(Ok(packet)) => shared.on_agent_packet(id, &tx, packet),
+                    None => {
                         info!(backend = %id, "agent closed its stream");
                         break;
                     }
-                    Err(status) => {
+                    Some(Err(status)) => {
                         warn!(backend = %id, code = ?status.code(), message = status.message(), "agent stream failed; closing it");
                         break;
                     }
@@ -139,9 +170,8 @@ impl AgentService for Backend {
                 .grpc_connection_closed(crate::metrics::ServiceMethod::Connect);
         });
 
-        let body = outbound.map(Ok).take_until(retire.cancelled_owned());
-        let mut response = Response::new(Box::pin(body) as PacketStream);
-        let md = response.metadata_mut();
+        let packets: Outbound = Box::pin(outbound.take_until(retire.cancelled_owned()));
+        let mut md = MetadataMap::with_capacity(3);
         let server_id = MetadataValue::try_from(self.shared.server_id.as_str())
             .map_err(|_| Status::internal("server id is not a valid header value"))?;
         md.insert(SERVER_ID_HEADER, server_id);
@@ -155,6 +185,13 @@ impl AgentService for Backend {
                 MetadataValue::from_static(credit::FLOW_CONTROL_VERSION),
             );
         }
+        let mut response = http::Response::new(Body::new(PacketBody::response(packets)));
+        let headers = response.headers_mut();
+        *headers = md.into_headers();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
         Ok(response)
     }
 }

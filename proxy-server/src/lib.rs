@@ -25,7 +25,7 @@ pub mod state;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use konnectivity_proto::{AgentServiceServer, ProxyServiceServer};
+use konnectivity_proto::ProxyServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -136,9 +136,7 @@ pub async fn start(
     let agent_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(keepalive(b.keepalive_time))
         .max_frame_size(konnectivity_tunnel::H2_MAX_FRAME_BYTES)
-        .add_service(AgentServiceServer::new(backend::Backend::new(Arc::clone(
-            &shared,
-        ))))
+        .add_service(backend::Backend::new(Arc::clone(&shared)))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tokio::spawn(async move {
         if let Err(e) = agent_server.await {

@@ -19,6 +19,7 @@
 
 pub mod chunk;
 pub mod credit;
+pub mod grpc;
 pub mod outbound;
 pub mod queue;
 pub mod quic;
