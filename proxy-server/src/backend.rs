@@ -1,26 +1,21 @@
 //! The agent-facing gRPC service, `AgentService.Connect`: one stream per agent connection.
 //!
-//! Served as a raw HTTP/2 service rather than through tonic's generated server so that packets
-//! are framed by [`konnectivity_tunnel::grpc`] (DATA payloads are not copied through a codec
-//! buffer); on the wire it is the same gRPC method, headers and trailers.
+//! Served as a [`StreamingMethod`] (packets framed without tonic's codec); on the wire it is the
+//! same gRPC method, headers and trailers.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures::{Stream, StreamExt};
-use konnectivity_proto::{Packet, CONNECT_PATH};
-use konnectivity_tunnel::grpc::{PacketBody, PacketStream};
+use futures::StreamExt;
+use konnectivity_proto::CONNECT_PATH;
+use konnectivity_tunnel::grpc::PacketStream;
 use konnectivity_tunnel::{credit, outbound};
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::server::NamedService;
 use tonic::{Request, Status};
 use tracing::{info, warn};
 
+use crate::grpc_method::{self, StreamingMethod};
 use crate::identifiers::AgentIdentifiers;
 use crate::state::{BackendHandle, BackendLink, Shared};
 
@@ -44,9 +39,6 @@ impl Backend {
         Backend { shared }
     }
 }
-
-/// The outbound packets, as the response body polls them.
-type Outbound = Pin<Box<dyn Stream<Item = Packet> + Send + 'static>>;
 
 /// The identity rules every transport applies: exactly one non-empty agent id, at most one
 /// identifiers value (parsed leniently, as upstream). The `Err` is the refusal message.
@@ -87,27 +79,12 @@ fn identity<T>(request: &Request<T>) -> Result<(String, AgentIdentifiers), Statu
     validate_identity(&ids, &raw).map_err(Status::invalid_argument)
 }
 
-impl NamedService for Backend {
-    const NAME: &'static str = "AgentService";
-}
+impl StreamingMethod for Backend {
+    const SERVICE: &'static str = "AgentService";
+    const PATH: &'static str = CONNECT_PATH;
 
-impl tower::Service<http::Request<Body>> for Backend {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let response = if request.uri().path() == CONNECT_PATH {
-            self.connect(Request::from_http(request))
-                .unwrap_or_else(Status::into_http)
-        } else {
-            Status::unimplemented(format!("unknown method {}", request.uri().path())).into_http()
-        };
-        Box::pin(std::future::ready(Ok(response)))
+    fn call(&self, request: Request<Body>) -> Result<http::Response<Body>, Status> {
+        self.connect(request)
     }
 }
 
@@ -170,7 +147,7 @@ impl Backend {
                 .grpc_connection_closed(crate::metrics::ServiceMethod::Connect);
         });
 
-        let packets: Outbound = Box::pin(outbound.take_until(retire.cancelled_owned()));
+        let packets = outbound.take_until(retire.cancelled_owned());
         let mut md = MetadataMap::with_capacity(3);
         let server_id = MetadataValue::try_from(self.shared.server_id.as_str())
             .map_err(|_| Status::internal("server id is not a valid header value"))?;
@@ -185,14 +162,7 @@ impl Backend {
                 MetadataValue::from_static(credit::FLOW_CONTROL_VERSION),
             );
         }
-        let mut response = http::Response::new(Body::new(PacketBody::response(packets)));
-        let headers = response.headers_mut();
-        *headers = md.into_headers();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        Ok(response)
+        Ok(grpc_method::response(md, packets))
     }
 }
 

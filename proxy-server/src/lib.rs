@@ -15,6 +15,7 @@ pub mod backends;
 pub mod config;
 pub mod flags;
 pub mod frontend;
+pub mod grpc_method;
 pub mod identifiers;
 pub mod listen;
 pub mod metrics;
@@ -25,7 +26,6 @@ pub mod state;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use konnectivity_proto::ProxyServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -136,7 +136,9 @@ pub async fn start(
     let agent_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(keepalive(b.keepalive_time))
         .max_frame_size(konnectivity_tunnel::H2_MAX_FRAME_BYTES)
-        .add_service(backend::Backend::new(Arc::clone(&shared)))
+        .add_service(grpc_method::RawService(backend::Backend::new(Arc::clone(
+            &shared,
+        ))))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     tokio::spawn(async move {
         if let Err(e) = agent_server.await {
@@ -315,7 +317,7 @@ fn grpc_frontend_server(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(keepalive(config.frontend.keepalive_time))
         .max_concurrent_streams(Some(FRONTEND_MAX_CONCURRENT_STREAMS))
-        .add_service(ProxyServiceServer::new(frontend::grpc::GrpcFrontend::new(
+        .add_service(grpc_method::RawService(frontend::grpc::GrpcFrontend::new(
             Arc::clone(shared),
         )))
 }

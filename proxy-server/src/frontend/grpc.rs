@@ -3,15 +3,18 @@
 //! reusable-tunnel client).
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
-use konnectivity_proto::{Packet, PacketType as T, Payload as P, ProxyService};
+use futures::StreamExt;
+use konnectivity_proto::{Packet, PacketType as T, Payload as P, PROXY_PATH};
+use konnectivity_tunnel::grpc::PacketStream;
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::body::Body;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
 use tracing::{debug, warn};
 
+use crate::grpc_method::{self, StreamingMethod};
 use crate::metrics::ServiceMethod;
 use crate::quic::{packet_pump, PumpInput, PUMP_INPUT_PACKETS};
 use crate::router::FrontendId;
@@ -32,21 +35,18 @@ impl GrpcFrontend {
     }
 }
 
-type PacketStream = Pin<Box<dyn Stream<Item = Result<Packet, Status>> + Send + 'static>>;
+/// Served as a [`StreamingMethod`]: packets framed without tonic's codec, so an idle tunnel
+/// holds no codec buffers and DATA payloads are not copied through one.
+impl StreamingMethod for GrpcFrontend {
+    const SERVICE: &'static str = "ProxyService";
+    const PATH: &'static str = PROXY_PATH;
 
-#[tonic::async_trait]
-impl ProxyService for GrpcFrontend {
-    type ProxyStream = PacketStream;
-
-    async fn proxy(
-        &self,
-        request: Request<Streaming<Packet>>,
-    ) -> Result<Response<Self::ProxyStream>, Status> {
+    fn call(&self, request: Request<Body>) -> Result<http::Response<Body>, Status> {
         let shared = Arc::clone(&self.shared);
         let (id, sink, rx) = shared.add_frontend();
         shared.metrics.grpc_connection_opened(ServiceMethod::Proxy);
         debug!(frontend = id, user_agent = ?request.metadata().get("user-agent"), "frontend stream opened");
-        let inbound = request.into_inner();
+        let inbound = PacketStream::new(request.into_inner());
         let abort = sink.abort_token().clone();
         tokio::spawn(serve(shared, id, sink, inbound, rx.tunnels));
         // A DATA packet leaving the queue toward the frontend is drained: on a flow-controlled
@@ -60,9 +60,8 @@ impl ProxyService for GrpcFrontend {
                     drained.frontend_drained(id, d.connect_id, d.data.len());
                 }
             })
-            .map(Ok)
             .take_until(abort.cancelled_owned());
-        Ok(Response::new(Box::pin(body)))
+        Ok(grpc_method::response(MetadataMap::new(), body))
     }
 }
 
@@ -71,7 +70,7 @@ async fn serve(
     shared: Arc<Shared>,
     id: FrontendId,
     sink: FrontendSink,
-    mut inbound: Streaming<Packet>,
+    mut inbound: PacketStream<Body>,
     mut tunnels: TunnelsRx,
 ) {
     let mut quic = QuicConns::new();
@@ -85,15 +84,15 @@ async fn serve(
                 start_pump(&shared, &sink, &mut quic, tunnel);
                 continue;
             }
-            m = inbound.message() => m,
+            m = inbound.next() => m,
         };
         let packet = match msg {
-            Ok(Some(p)) => p,
-            Ok(None) => {
+            Some(Ok(p)) => p,
+            None => {
                 debug!(frontend = id, "frontend closed its stream");
                 break;
             }
-            Err(status) => {
+            Some(Err(status)) => {
                 // kube-apiserver drops the whole connection once it has its CLOSE_RSP, so a reset
                 // stream is the normal end of a tunnel, not a warning.
                 debug!(frontend = id, code = ?status.code(), message = status.message(), "frontend stream ended with an error; closing it");
