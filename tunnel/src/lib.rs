@@ -12,6 +12,9 @@
 //!   acknowledgements, refusals) cannot be starved or deadlocked behind bulk data.
 //! * [`credit`]: per-connection flow control on the shared gRPC stream when both ends are
 //!   ours (negotiated by a header): a stalled reader then pauses only its own sender.
+//! * [`grpc`]: the gRPC streams' packets as HTTP/2 bodies, framed by `konnectivity_proto::wire`
+//!   rather than tonic's codec, so DATA payloads are never copied through a codec buffer.
+//! * [`chunk`]: reading a connection's bytes straight into DATA payloads.
 //! * [`quic`]: the QUIC transport's shared pieces (ALPN, error codes, stream-header framing,
 //!   transport limits, raw byte pumps): there every connection is its own QUIC stream.
 
