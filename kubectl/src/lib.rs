@@ -29,7 +29,8 @@ pub use cli::{Cli, Command};
 pub use connect::KubeletConnector;
 pub use error::KubectlError;
 
-use signal::{Interrupt, Interrupts, INTERRUPT_CLEANUP_GRACE};
+use konnectivity_runtime::{ShutdownSignal, ShutdownSignals};
+use signal::INTERRUPT_CLEANUP_GRACE;
 
 /// Exit status of a failed command (bad flags, unreachable kubelet, broken stream, …).
 pub const EXIT_FAILURE: u8 = 1;
@@ -38,8 +39,8 @@ pub const EXIT_FAILURE: u8 = 1;
 /// `logs`/`port-forward` 0, `exec` the remote command's code, 130 after SIGINT, 143 after
 /// SIGTERM.
 pub async fn run(cli: Cli) -> Result<ExitCode, KubectlError> {
-    let mut interrupts =
-        Interrupts::install().map_err(|e| KubectlError::io("installing signal handlers", e))?;
+    let mut interrupts = ShutdownSignals::install()
+        .map_err(|e| KubectlError::io("installing signal handlers", e))?;
     let kubelet = Arc::new(KubeletConnector::from_cli(&cli)?);
     let operation = async {
         match cli.command {
@@ -50,7 +51,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, KubectlError> {
     };
     // The operation future (and with it every stream and tunnel it owns) is dropped when this
     // select! returns, before the interrupt is handled below.
-    let interrupted: Result<Result<ExitCode, KubectlError>, Interrupt> = tokio::select! {
+    let interrupted: Result<Result<ExitCode, KubectlError>, ShutdownSignal> = tokio::select! {
         result = operation => Ok(result),
         signal = interrupts.next() => Err(signal),
     };

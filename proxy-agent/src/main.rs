@@ -29,13 +29,16 @@ async fn handle_signals(
 ) {
     let first = signals.next().await;
     tracing::info!(
-        signal = first,
+        signal = first.name(),
         "received first signal: sending DRAIN to every proxy-server; the agent keeps serving \
          existing connections until a second signal"
     );
     drain.cancel();
     let second = signals.next().await;
-    tracing::info!(signal = second, "received second signal: shutting down");
+    tracing::info!(
+        signal = second.name(),
+        "received second signal: shutting down"
+    );
     shutdown.cancel();
 }
 

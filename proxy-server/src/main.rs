@@ -23,12 +23,15 @@ const EXIT_SECOND_SIGNAL: i32 = 1;
 async fn handle_signals(mut signals: ShutdownSignals, shutdown: CancellationToken) {
     let first = signals.next().await;
     tracing::info!(
-        signal = first,
+        signal = first.name(),
         "received first signal: shutting down gracefully; a second signal exits immediately"
     );
     shutdown.cancel();
     let second = signals.next().await;
-    tracing::warn!(signal = second, "received second signal: exiting now");
+    tracing::warn!(
+        signal = second.name(),
+        "received second signal: exiting now"
+    );
     std::process::exit(EXIT_SECOND_SIGNAL);
 }
 

@@ -25,7 +25,36 @@ pub fn build(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> 
     builder.enable_all().build()
 }
 
+/// Which of the two stop signals arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownSignal {
+    /// SIGINT (Ctrl-C).
+    Int,
+    /// SIGTERM (what Kubernetes sends).
+    Term,
+}
+
+impl ShutdownSignal {
+    /// The signal's name, for log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownSignal::Int => "SIGINT",
+            ShutdownSignal::Term => "SIGTERM",
+        }
+    }
+
+    /// The exit status a shell reports for a process killed by this signal (`128 + n`), for
+    /// a CLI that stops on it.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ShutdownSignal::Int => 130,
+            ShutdownSignal::Term => 143,
+        }
+    }
+}
+
 /// SIGTERM and SIGINT as one stream: both mean "stop", and upstream treats them alike.
+/// Installed once at start so that neither kills the process before its cleanup runs.
 #[derive(Debug)]
 pub struct ShutdownSignals {
     term: Signal,
@@ -41,11 +70,11 @@ impl ShutdownSignals {
         })
     }
 
-    /// Waits for the next SIGTERM or SIGINT and names it, for the log line.
-    pub async fn next(&mut self) -> &'static str {
+    /// Waits for the next SIGTERM or SIGINT.
+    pub async fn next(&mut self) -> ShutdownSignal {
         tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => ShutdownSignal::Term,
+            _ = self.int.recv() => ShutdownSignal::Int,
         }
     }
 }
@@ -60,6 +89,14 @@ mod tests {
         assert_eq!(rt.metrics().num_workers(), 1);
         let rt = build(0).expect("runtime");
         assert!(rt.metrics().num_workers() >= 1);
+    }
+
+    #[test]
+    fn signals_name_themselves_and_exit_as_a_shell_reports_them() {
+        assert_eq!(ShutdownSignal::Int.name(), "SIGINT");
+        assert_eq!(ShutdownSignal::Term.name(), "SIGTERM");
+        assert_eq!(ShutdownSignal::Int.exit_code(), 130);
+        assert_eq!(ShutdownSignal::Term.exit_code(), 143);
     }
 
     #[test]
