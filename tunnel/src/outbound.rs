@@ -20,9 +20,10 @@ use tokio::sync::mpsc;
 /// peer; a peer that leaves this many unread is misbehaving and further replies are dropped.
 pub const CONTROL_LANE_PACKETS: usize = 4096;
 
-/// Default data-lane length in packets. Cost: up to this many DATA packets (≤ 32 KiB from our
-/// own readers) buffered per peer stream before producers wait.
-pub const DEFAULT_DATA_LANE_PACKETS: usize = 64;
+/// Default data-lane length in packets. Cost: up to this many DATA packets (≤
+/// [`crate::chunk::DATA_CHUNK_BYTES`] each from our own readers, so ≤ 4 MiB) buffered per peer
+/// stream before producers wait; HTTP/2 buffers behind it are bounded by the peer's window.
+pub const DEFAULT_DATA_LANE_PACKETS: usize = 16;
 
 /// The peer's stream is gone.
 #[derive(Debug, thiserror::Error)]
