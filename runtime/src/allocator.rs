@@ -3,8 +3,8 @@
 //! glibc's defaults suit programs that allocate small objects: it hands the top of a heap back
 //! to the kernel as soon as more than 128 KiB is free there (`M_TRIM_THRESHOLD`), and serves
 //! blocks above a sliding threshold (initially 128 KiB) from a fresh `mmap` each time. A tunnel
-//! allocates and frees 64 KiB DATA payloads and 256 KiB HTTP/2 frame buffers thousands of times
-//! a second, so with the defaults every few packets memory was `madvise`d away and faulted back
+//! allocates and frees DATA payloads and HTTP/2 frame buffers of up to 256 KiB thousands of
+//! times a second, so with the defaults every few packets memory was `madvise`d away and faulted back
 //! in, zero-filled: ~12 % of server + agent CPU in the bulk profile (connect-uds/gRPC), and
 //! ~20 % less CPU per GiB with [`tune`] applied (bench, A/B on the same machine).
 //!
@@ -18,8 +18,8 @@ pub const TRIM_THRESHOLD_BYTES: i32 = 4 << 20;
 
 /// Blocks up to this size come from the heaps (reused) rather than from a fresh `mmap` (zeroed
 /// page by page on first touch, unmapped on free). Cost: a freed block below it can only be
-/// reused by malloc, not returned to the kernel on its own; the 256 KiB HTTP/2 frame buffers
-/// and 64 KiB payloads are well below it.
+/// reused by malloc, not returned to the kernel on its own; the 256 KiB payloads and HTTP/2
+/// frame buffers are well below it.
 pub const MMAP_THRESHOLD_BYTES: i32 = 1 << 20;
 
 /// Environment variables through which an operator sets the same knobs; any of them present
