@@ -72,28 +72,25 @@ pub enum WireError {
 /// least [`SPLIT_PAYLOAD_MIN_BYTES`], only the head goes into `batch` and the payload is
 /// returned: it must be sent right after the bytes now in `batch`, before anything else.
 pub fn encode(packet: Packet, batch: &mut BytesMut) -> Result<Option<Bytes>, WireError> {
-    let split = matches!(&packet.payload, Some(Payload::Data(d)) if d.data.len() >= SPLIT_PAYLOAD_MIN_BYTES);
-    if !split {
-        let len = checked_len(packet.encoded_len())?;
-        batch.reserve(PREFIX_BYTES + len as usize);
-        batch.put_u8(0);
-        batch.put_u32(len);
-        // `reserve` above made room for the whole message, so this cannot fail.
-        packet.encode_raw(batch);
-        return Ok(None);
-    }
-    let Packet {
-        r#type,
-        payload:
-            Some(Payload::Data(Data {
-                connect_id,
-                error,
-                data: payload,
-            })),
-    } = packet
-    else {
-        // `split` is only true for a DATA payload.
-        return Ok(None);
+    let (r#type, connect_id, error, payload) = match packet {
+        Packet {
+            r#type,
+            payload:
+                Some(Payload::Data(Data {
+                    connect_id,
+                    error,
+                    data,
+                })),
+        } if data.len() >= SPLIT_PAYLOAD_MIN_BYTES => (r#type, connect_id, error, data),
+        packet => {
+            let len = checked_len(packet.encoded_len())?;
+            batch.reserve(PREFIX_BYTES + len as usize);
+            batch.put_u8(0);
+            batch.put_u32(len);
+            // `reserve` above made room for the whole message, so this cannot fail.
+            packet.encode_raw(batch);
+            return Ok(None);
+        }
     };
     let head = Packet {
         r#type,

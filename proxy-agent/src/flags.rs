@@ -519,12 +519,8 @@ impl AgentFlags {
                 )))
             }
         };
-        let worker_threads = usize::try_from(self.worker_threads).map_err(|_| {
-            FlagError::Invalid(format!(
-                "--worker-threads must be >= 0 (0: one per CPU), got {}",
-                self.worker_threads
-            ))
-        })?;
+        let worker_threads = konnectivity_runtime::worker_threads_flag(self.worker_threads)
+            .map_err(FlagError::Invalid)?;
         Ok(AgentExtensions {
             transport,
             flow_control: self.flow_control,

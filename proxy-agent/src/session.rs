@@ -538,7 +538,7 @@ impl ConnectionTask {
                 if let Err(e) = rd.readable().await {
                     return ConnEnd::ReadError(e);
                 }
-                let mut payload = Vec::with_capacity(DATA_CHUNK_BYTES);
+                let mut payload = bytes::BytesMut::with_capacity(DATA_CHUNK_BYTES);
                 match rd.try_read_buf(&mut payload) {
                     Ok(0) => return ConnEnd::Eof,
                     Ok(n) => {

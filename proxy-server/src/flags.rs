@@ -478,12 +478,8 @@ impl ServerFlags {
 
     /// The settings of this build's extensions (`--enable-quic`, `--worker-threads`).
     pub fn extensions(&self) -> Result<ServerExtensions, FlagError> {
-        let worker_threads = usize::try_from(self.worker_threads).map_err(|_| {
-            FlagError::Invalid(format!(
-                "--worker-threads must be >= 0 (0: one per CPU), got {}",
-                self.worker_threads
-            ))
-        })?;
+        let worker_threads = konnectivity_runtime::worker_threads_flag(self.worker_threads)
+            .map_err(FlagError::Invalid)?;
         Ok(ServerExtensions {
             enable_quic: self.enable_quic,
             flow_control: self.flow_control,

@@ -15,6 +15,13 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 /// work is abandoned.
 pub const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
+/// Validates a `--worker-threads` value (Go-style signed flag): 0 or more, 0 meaning tokio's
+/// default. The `Err` is the message for the operator.
+pub fn worker_threads_flag(value: i64) -> Result<usize, String> {
+    usize::try_from(value)
+        .map_err(|_| format!("--worker-threads must be >= 0 (0: one per CPU), got {value}"))
+}
+
 /// Builds the multi-threaded runtime with `worker_threads` workers; 0 keeps tokio's default
 /// (one per CPU, or `$TOKIO_WORKER_THREADS`).
 pub fn build(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -82,6 +89,16 @@ impl ShutdownSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_threads_flag_takes_zero_or_more() {
+        assert_eq!(worker_threads_flag(0), Ok(0));
+        assert_eq!(worker_threads_flag(3), Ok(3));
+        assert_eq!(
+            worker_threads_flag(-1).expect_err("negative"),
+            "--worker-threads must be >= 0 (0: one per CPU), got -1"
+        );
+    }
 
     #[test]
     fn build_honours_an_explicit_worker_count() {

@@ -32,7 +32,7 @@ pub async fn read_chunk<R: AsyncRead + Unpin + ?Sized>(rd: &mut R) -> io::Result
     poll_fn(|cx| {
         let mut payload = BytesMut::with_capacity(DATA_CHUNK_BYTES);
         match tokio_util::io::poll_read_buf(Pin::new(&mut *rd), cx, &mut payload) {
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(fit_bytes(payload))),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(fit(payload))),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
@@ -40,23 +40,15 @@ pub async fn read_chunk<R: AsyncRead + Unpin + ?Sized>(rd: &mut R) -> io::Result
     .await
 }
 
-/// [`fit`] for a payload read into a `BytesMut`.
-fn fit_bytes(payload: BytesMut) -> Bytes {
+/// Freezes a payload read into a [`DATA_CHUNK_BYTES`] allocation, trimming it when it filled
+/// less than half of it: queued packets are accounted by length, so a mostly empty allocation
+/// must not sit in a queue. Costs one copy of the (small) payload.
+pub fn fit(payload: BytesMut) -> Bytes {
     if payload.len() < payload.capacity() / 2 {
         Bytes::copy_from_slice(&payload)
     } else {
         payload.freeze()
     }
-}
-
-/// Trims a payload read into a [`DATA_CHUNK_BYTES`] allocation when it filled less than half
-/// of it: queued packets are accounted by length, so a mostly empty allocation must not sit in
-/// a queue. Costs one copy of the (small) payload.
-pub fn fit(mut payload: Vec<u8>) -> Vec<u8> {
-    if payload.len() < payload.capacity() / 2 {
-        payload.shrink_to_fit();
-    }
-    payload
 }
 
 #[cfg(test)]
@@ -101,11 +93,11 @@ mod tests {
 
     #[test]
     fn fit_trims_mostly_empty_allocations_only() {
-        let mut small = Vec::with_capacity(DATA_CHUNK_BYTES);
+        let mut small = BytesMut::with_capacity(DATA_CHUNK_BYTES);
         small.extend_from_slice(b"hello");
-        assert!(fit(small).capacity() < DATA_CHUNK_BYTES);
-        let mut full = Vec::with_capacity(DATA_CHUNK_BYTES);
+        assert!(Vec::from(fit(small)).capacity() < DATA_CHUNK_BYTES);
+        let mut full = BytesMut::with_capacity(DATA_CHUNK_BYTES);
         full.resize(DATA_CHUNK_BYTES - 1, 7);
-        assert_eq!(fit(full).capacity(), DATA_CHUNK_BYTES);
+        assert_eq!(Vec::from(fit(full)).capacity(), DATA_CHUNK_BYTES);
     }
 }

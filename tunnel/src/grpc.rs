@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use http::{HeaderMap, HeaderValue};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use konnectivity_proto::wire::{self, Decoder};
 use konnectivity_proto::Packet;
 use tonic::Status;
@@ -129,10 +129,6 @@ impl<S: Stream<Item = Packet> + Unpin> Body for PacketBody<S> {
 
     fn is_end_stream(&self) -> bool {
         self.ended && self.ready.is_empty() && !self.ok_trailers
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
