@@ -63,6 +63,43 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
     })
 }
 
+/// Sums `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` out of a
+/// `/proc/<pid>/task/<tid>/status` text.
+fn parse_context_switches(status: &str) -> Option<u64> {
+    let mut total = None;
+    for line in status.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if key == "voluntary_ctxt_switches" || key == "nonvoluntary_ctxt_switches" {
+            let n: u64 = value.trim().parse().ok()?;
+            total = Some(total.unwrap_or(0) + n);
+        }
+    }
+    total
+}
+
+/// Context switches so far (voluntary and not) over every thread of process `pid`: how often
+/// its threads went to sleep or were preempted, each a wake-up to pay for. A count, so far
+/// steadier on a shared machine than any latency. Threads that already exited are not counted,
+/// which is why the proxies' long-lived worker threads are what it measures.
+pub fn context_switches(pid: u32) -> Result<u64> {
+    let dir = PathBuf::from(format!("/proc/{pid}/task"));
+    let tasks = std::fs::read_dir(&dir).map_err(|e| BenchError::Proc {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        // A thread may exit between listing and reading: skip it rather than fail.
+        let Ok(text) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += parse_context_switches(&text).unwrap_or(0);
+    }
+    Ok(total)
+}
+
 /// Number of file descriptors this process has open.
 pub fn own_open_fds() -> Result<u64> {
     let path = PathBuf::from("/proc/self/fd");
@@ -156,8 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn context_switches_add_voluntary_and_involuntary() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(parse_context_switches(status), Some(127));
+        assert_eq!(parse_context_switches("Name:\tx\n"), None);
+        assert_eq!(
+            parse_context_switches("voluntary_ctxt_switches:\tlots\n"),
+            None
+        );
+    }
+
+    #[test]
     fn own_process_figures_are_readable() {
         let pid = std::process::id();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(
+            context_switches(pid).expect("own tasks") > 0,
+            "a sleep switches"
+        );
         assert!(cpu_seconds(pid).expect("own stat") >= 0.0);
         assert!(rss_kib(pid).expect("own status") > 0);
         assert!(own_open_fds().expect("own fds") >= 3);

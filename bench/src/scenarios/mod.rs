@@ -57,6 +57,12 @@ impl Measurement {
     pub fn push(&mut self, name: impl Into<String>, unit: &'static str, value: f64) {
         self.figures.push(Figure::new(name, unit, value));
     }
+
+    /// Appends another measurement's figures and notes after this one's.
+    pub fn extend(&mut self, other: Measurement) {
+        self.figures.extend(other.figures);
+        self.notes.extend(other.notes);
+    }
 }
 
 /// The server and agent process ids of a proxied path.
@@ -105,6 +111,49 @@ impl CpuMark {
     pub fn per_gib(&self, bytes: u64) -> Result<f64> {
         let now = procfs::cpu_seconds(self.pids.server)? + procfs::cpu_seconds(self.pids.agent)?;
         Ok((now - self.seconds) / (bytes as f64 / GIB))
+    }
+}
+
+/// Server + agent CPU time and context switches at one instant, for the per-operation cost of
+/// a latency scenario (dials, round trips).
+#[derive(Debug, Clone, Copy)]
+pub struct WakeMark {
+    pids: Pids,
+    seconds: f64,
+    switches: u64,
+}
+
+impl WakeMark {
+    /// Reads both processes' CPU time and context switches now (`None` on the direct path).
+    pub fn take(pids: Option<Pids>) -> Result<Option<WakeMark>> {
+        let Some(pids) = pids else { return Ok(None) };
+        Ok(Some(WakeMark {
+            pids,
+            seconds: procfs::cpu_seconds(pids.server)? + procfs::cpu_seconds(pids.agent)?,
+            switches: procfs::context_switches(pids.server)?
+                + procfs::context_switches(pids.agent)?,
+        }))
+    }
+
+    /// Adds "`what` CPU" (server + agent µs per operation) and "`what` switches" (server +
+    /// agent context switches per operation) for `ops` operations since this mark.
+    pub fn push_per_op(&self, m: &mut Measurement, what: &str, ops: usize) -> Result<()> {
+        let seconds =
+            procfs::cpu_seconds(self.pids.server)? + procfs::cpu_seconds(self.pids.agent)?;
+        let switches = procfs::context_switches(self.pids.server)?
+            + procfs::context_switches(self.pids.agent)?;
+        let ops = ops.max(1) as f64;
+        m.push(
+            format!("{what} CPU"),
+            "µs",
+            (seconds - self.seconds) * 1e6 / ops,
+        );
+        m.push(
+            format!("{what} switches"),
+            "per op",
+            switches.saturating_sub(self.switches) as f64 / ops,
+        );
+        Ok(())
     }
 }
 

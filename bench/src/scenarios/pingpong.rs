@@ -1,8 +1,10 @@
 //! Round-trip latency of small messages on one established tunnel; every echo is verified.
+//! Through the tunnel it also reports what each round trip costs the server and agent together:
+//! CPU µs and context switches.
 
 use tokio::time::Instant;
 
-use super::{Ctx, Measurement};
+use super::{Ctx, Measurement, WakeMark};
 use crate::conn::ping_message;
 use crate::error::{BenchError, Result};
 use crate::sinks::Op;
@@ -19,7 +21,11 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Measurement> {
     c.request(Op::Echo, 0, 0).await?;
     let mut samples = Samples::with_capacity(n);
     let (mut msg, mut buf) = (Vec::with_capacity(size), vec![0u8; size]);
+    let mut mark = None;
     for i in 0..PINGPONG_WARMUP + n {
+        if i == PINGPONG_WARMUP {
+            mark = WakeMark::take(ctx.pids)?;
+        }
         ping_message(i as u64, size, &mut msg);
         let t0 = Instant::now();
         c.round_trip(&msg, &mut buf).await?;
@@ -27,6 +33,14 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Measurement> {
             samples.push(t0.elapsed());
         }
     }
+    let cost = match mark {
+        Some(mark) => {
+            let mut m = Measurement::default();
+            mark.push_per_op(&mut m, "per round trip", n)?;
+            Some(m)
+        }
+        None => None,
+    };
     c.close().await;
     let (p50, p99) = samples
         .p50_p99()
@@ -34,5 +48,8 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Measurement> {
     let mut m = Measurement::default();
     m.push("p50", "µs", p50);
     m.push("p99", "µs", p99);
+    if let Some(cost) = cost {
+        m.extend(cost);
+    }
     Ok(m)
 }
