@@ -374,9 +374,10 @@ async fn logs_follow_grows_and_sigint_closes_the_tunnel_on_every_hop() {
             ensure!(n == last + 1, "line {n} followed line {last}");
             last = n;
         }
+        let open = open_endpoints(&agents[0]).await?;
         ensure!(
-            open_endpoints(&agents[0]).await? == 1.0,
-            "while following, the agent should hold exactly one destination connection"
+            open == 1.0,
+            "while following, the agent should hold exactly one destination connection, not {open}"
         );
 
         signal_child(&child, Signal::SIGINT)?;
