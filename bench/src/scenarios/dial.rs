@@ -5,7 +5,7 @@
 
 use tokio::time::Instant;
 
-use super::{Ctx, Measurement, WakeMark};
+use super::{CpuMark, Ctx, Measurement};
 use crate::error::{BenchError, Result};
 use crate::sinks::Op;
 use crate::stats::Samples;
@@ -21,7 +21,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Measurement> {
     let mut mark = None;
     for i in 0..DIAL_WARMUP + n {
         if i == DIAL_WARMUP {
-            mark = WakeMark::take(ctx.pids)?;
+            mark = CpuMark::take(ctx.pids)?;
         }
         let t0 = Instant::now();
         let mut c = ctx.route.connect(ctx.dest).await?;

@@ -90,56 +90,40 @@ pub struct Ctx<'a> {
     pub holder_exe: &'a Path,
 }
 
-/// Server + agent CPU seconds at one instant.
+/// Server + agent CPU time and context switches at one instant: the start of a timed part,
+/// for CPU per GiB (bulk) or CPU and wake-ups per operation (dials, round trips).
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
-    pids: Pids,
-    seconds: f64,
-}
-
-impl CpuMark {
-    /// Reads both processes' CPU time now (`None` on the direct path).
-    pub fn take(pids: Option<Pids>) -> Result<Option<CpuMark>> {
-        let Some(pids) = pids else { return Ok(None) };
-        Ok(Some(CpuMark {
-            pids,
-            seconds: procfs::cpu_seconds(pids.server)? + procfs::cpu_seconds(pids.agent)?,
-        }))
-    }
-
-    /// Server + agent CPU seconds per GiB for `bytes` moved since this mark.
-    pub fn per_gib(&self, bytes: u64) -> Result<f64> {
-        let now = procfs::cpu_seconds(self.pids.server)? + procfs::cpu_seconds(self.pids.agent)?;
-        Ok((now - self.seconds) / (bytes as f64 / GIB))
-    }
-}
-
-/// Server + agent CPU time and context switches at one instant, for the per-operation cost of
-/// a latency scenario (dials, round trips).
-#[derive(Debug, Clone, Copy)]
-pub struct WakeMark {
     pids: Pids,
     seconds: f64,
     switches: u64,
 }
 
-impl WakeMark {
+impl CpuMark {
     /// Reads both processes' CPU time and context switches now (`None` on the direct path).
-    pub fn take(pids: Option<Pids>) -> Result<Option<WakeMark>> {
+    pub fn take(pids: Option<Pids>) -> Result<Option<CpuMark>> {
         let Some(pids) = pids else { return Ok(None) };
-        Ok(Some(WakeMark {
+        Ok(Some(CpuMark {
             pids,
-            seconds: procfs::cpu_seconds(pids.server)? + procfs::cpu_seconds(pids.agent)?,
+            seconds: Self::cpu_seconds(pids)?,
             switches: procfs::context_switches(pids.server)?
                 + procfs::context_switches(pids.agent)?,
         }))
     }
 
+    fn cpu_seconds(pids: Pids) -> Result<f64> {
+        Ok(procfs::cpu_seconds(pids.server)? + procfs::cpu_seconds(pids.agent)?)
+    }
+
+    /// Server + agent CPU seconds per GiB for `bytes` moved since this mark.
+    pub fn per_gib(&self, bytes: u64) -> Result<f64> {
+        Ok((Self::cpu_seconds(self.pids)? - self.seconds) / (bytes as f64 / GIB))
+    }
+
     /// Adds "`what` CPU" (server + agent µs per operation) and "`what` switches" (server +
     /// agent context switches per operation) for `ops` operations since this mark.
     pub fn push_per_op(&self, m: &mut Measurement, what: &str, ops: usize) -> Result<()> {
-        let seconds =
-            procfs::cpu_seconds(self.pids.server)? + procfs::cpu_seconds(self.pids.agent)?;
+        let seconds = Self::cpu_seconds(self.pids)?;
         let switches = procfs::context_switches(self.pids.server)?
             + procfs::context_switches(self.pids.agent)?;
         let ops = ops.max(1) as f64;

@@ -4,7 +4,7 @@
 
 use tokio::time::Instant;
 
-use super::{Ctx, Measurement, WakeMark};
+use super::{CpuMark, Ctx, Measurement};
 use crate::conn::ping_message;
 use crate::error::{BenchError, Result};
 use crate::sinks::Op;
@@ -24,7 +24,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Measurement> {
     let mut mark = None;
     for i in 0..PINGPONG_WARMUP + n {
         if i == PINGPONG_WARMUP {
-            mark = WakeMark::take(ctx.pids)?;
+            mark = CpuMark::take(ctx.pids)?;
         }
         ping_message(i as u64, size, &mut msg);
         let t0 = Instant::now();
