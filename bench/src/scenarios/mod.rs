@@ -57,12 +57,6 @@ impl Measurement {
     pub fn push(&mut self, name: impl Into<String>, unit: &'static str, value: f64) {
         self.figures.push(Figure::new(name, unit, value));
     }
-
-    /// Appends another measurement's figures and notes after this one's.
-    pub fn extend(&mut self, other: Measurement) {
-        self.figures.extend(other.figures);
-        self.notes.extend(other.notes);
-    }
 }
 
 /// The server and agent process ids of a proxied path.
@@ -106,13 +100,16 @@ impl CpuMark {
         Ok(Some(CpuMark {
             pids,
             seconds: Self::cpu_seconds(pids)?,
-            switches: procfs::context_switches(pids.server)?
-                + procfs::context_switches(pids.agent)?,
+            switches: Self::switches(pids)?,
         }))
     }
 
     fn cpu_seconds(pids: Pids) -> Result<f64> {
         Ok(procfs::cpu_seconds(pids.server)? + procfs::cpu_seconds(pids.agent)?)
+    }
+
+    fn switches(pids: Pids) -> Result<u64> {
+        Ok(procfs::context_switches(pids.server)? + procfs::context_switches(pids.agent)?)
     }
 
     /// Server + agent CPU seconds per GiB for `bytes` moved since this mark.
@@ -124,8 +121,7 @@ impl CpuMark {
     /// agent context switches per operation) for `ops` operations since this mark.
     pub fn push_per_op(&self, m: &mut Measurement, what: &str, ops: usize) -> Result<()> {
         let seconds = Self::cpu_seconds(self.pids)?;
-        let switches = procfs::context_switches(self.pids.server)?
-            + procfs::context_switches(self.pids.agent)?;
+        let switches = Self::switches(self.pids)?;
         let ops = ops.max(1) as f64;
         m.push(
             format!("{what} CPU"),

@@ -33,23 +33,16 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Measurement> {
             samples.push(t0.elapsed());
         }
     }
-    let cost = match mark {
-        Some(mark) => {
-            let mut m = Measurement::default();
-            mark.push_per_op(&mut m, "per round trip", n)?;
-            Some(m)
-        }
-        None => None,
-    };
-    c.close().await;
     let (p50, p99) = samples
         .p50_p99()
         .ok_or_else(|| BenchError::Config("no round trips measured".into()))?;
     let mut m = Measurement::default();
     m.push("p50", "µs", p50);
     m.push("p99", "µs", p99);
-    if let Some(cost) = cost {
-        m.extend(cost);
+    // Before closing: the close is not a round trip.
+    if let Some(mark) = mark {
+        mark.push_per_op(&mut m, "per round trip", n)?;
     }
+    c.close().await;
     Ok(m)
 }
