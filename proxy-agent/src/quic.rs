@@ -144,14 +144,9 @@ impl QuicConnector {
             IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let socket = quic::bind_udp(local).map_err(|e| self.failed(format!("UDP socket: {e}")))?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|e| self.failed(format!("UDP endpoint: {e}")))?;
+        let socket = quic::udp::bind(local).map_err(|e| self.failed(format!("UDP socket: {e}")))?;
+        let endpoint = quic::udp::endpoint(socket, None)
+            .map_err(|e| self.failed(format!("UDP endpoint: {e}")))?;
         let connecting = endpoint
             .connect_with(self.client.clone(), target, &self.host)
             .map_err(|e| self.failed(e))?;

@@ -60,18 +60,12 @@ pub fn bind(config: &ServerConfig, addr: SocketAddr) -> Result<quinn::Endpoint, 
         .map_err(|e| ServerError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(quic::transport_config(b.keepalive_time)));
-    let socket = quic::bind_udp(addr).map_err(|source| ServerError::Bind {
+    let socket = quic::udp::bind(addr).map_err(|source| ServerError::Bind {
         what: "agents (QUIC over UDP; --enable-quic=false disables it)",
         addr: addr.to_string(),
         source,
     })?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|source| ServerError::Bind {
+    quic::udp::endpoint(socket, Some(server)).map_err(|source| ServerError::Bind {
         what: "agents (QUIC over UDP)",
         addr: addr.to_string(),
         source,

@@ -22,6 +22,8 @@ use prost::Message;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub mod udp;
+
 /// ALPN protocol of the QUIC transport, required on both sides.
 pub const ALPN: &[u8] = b"konnectivity-quic/1";
 
@@ -74,40 +76,16 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// must come well within [`IDLE_TIMEOUT`]. Cost: one small packet per interval per idle
 /// connection.
 pub const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// Largest UDP payload path-MTU discovery probes for. Discovery never goes past the peer's
-/// `max_udp_payload_size` either, which both sides leave at quinn's 1472 (Ethernet): packets
-/// are 1472 bytes, sent 10 at a time with GSO. Raising that parameter was tried (9,000 and
-/// 65,000 on loopback): discovery then stayed at 1,200 bytes or the connection failed, and
-/// bulk throughput did not improve, so it stays at the default.
-/// Cost: a few lost probe packets per discovery interval on small-MTU paths.
+/// Largest UDP payload path-MTU discovery probes for: just under loopback's 65,536-byte MTU,
+/// and never more than the peer's [`udp::MAX_UDP_PAYLOAD_BYTES`]. Discovery starts at 1,200
+/// bytes and settles on the path's MTU (1,472 on Ethernet, 8,973 with jumbo frames).
+/// Cost: a few lost probe packets per discovery interval (10 minutes) on small-MTU paths.
 pub const MTU_DISCOVERY_UPPER_BOUND: u16 = 65_000;
 /// Read size of the socket → QUIC pump. Cost: one buffer of this size per direction per open
 /// tunnel while data flows (allocation amortised; quinn keeps sent chunks until acknowledged).
 pub const COPY_CHUNK_BYTES: usize = 64 * 1024;
 /// Least free room the pump keeps in its buffer before reading, so reads are never tiny.
 const MIN_READ_ROOM: usize = 16 * 1024;
-
-/// Kernel buffer size asked for on the UDP socket, each direction. Cost: this much kernel
-/// memory per endpoint (one per server, one per agent connection); the kernel may grant less
-/// (`net.core.rmem_max`/`wmem_max`). Large buffers absorb bursts at GiB/s without drops.
-pub const UDP_SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
-
-/// Binds the UDP socket of a QUIC endpoint: non-blocking, with [`UDP_SOCKET_BUFFER_BYTES`]
-/// buffers, and dual-stack when bound to the IPv6 wildcard (as Go's listeners are).
-pub fn bind_udp(addr: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() && addr.ip().is_unspecified() {
-        // Best effort: some systems forbid dual-stack sockets; IPv6 then still works.
-        let _ = socket.set_only_v6(false);
-    }
-    // Best effort: the kernel caps the sizes; smaller buffers only cost throughput.
-    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER_BYTES);
-    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER_BYTES);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
 
 /// The keep-alive interval for a configured `--keepalive-time` (zero means "default").
 pub fn keep_alive_interval(keepalive_time: Duration) -> Duration {
