@@ -47,6 +47,8 @@ pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct QuicConnector {
     client: quinn::ClientConfig,
+    /// `--keepalive-time`, for each connection's transport config.
+    keepalive_time: Duration,
     host: String,
     port: u16,
     address: String,
@@ -96,8 +98,7 @@ impl QuicConnector {
         konnectivity_tls::server_name(&server.host)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| SetupError::QuicTls(e.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(quic::transport_config(server.keepalive_time)));
+        let client = quinn::ClientConfig::new(Arc::new(crypto));
         let host = server
             .host
             .strip_prefix('[')
@@ -111,6 +112,7 @@ impl QuicConnector {
         };
         Ok(QuicConnector {
             client,
+            keepalive_time: server.keepalive_time,
             host,
             port: server.port,
             address,
@@ -147,8 +149,14 @@ impl QuicConnector {
         let socket = quic::udp::bind(local).map_err(|e| self.failed(format!("UDP socket: {e}")))?;
         let endpoint = quic::udp::endpoint(socket, None)
             .map_err(|e| self.failed(format!("UDP endpoint: {e}")))?;
+        // Path-MTU discovery is bounded by the route to this server (see quic::udp).
+        let mut client = self.client.clone();
+        client.transport_config(Arc::new(quic::transport_config(
+            self.keepalive_time,
+            target,
+        )));
         let connecting = endpoint
-            .connect_with(self.client.clone(), target, &self.host)
+            .connect_with(client, target, &self.host)
             .map_err(|e| self.failed(e))?;
         let conn = match tokio::time::timeout(SERVER_CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(conn)) => conn,

@@ -147,10 +147,10 @@ pub async fn start(
     });
     // QUIC on UDP at the very address the TCP listener got (also when the port was 0).
     let agent_quic = if extensions.enable_quic {
-        let endpoint = quic::bind(config, agent_addr)?;
-        let addr = endpoint.local_addr().unwrap_or(agent_addr);
+        let listener = quic::bind(config, agent_addr)?;
+        let addr = listener.endpoint.local_addr().unwrap_or(agent_addr);
         info!(%addr, "accepting agents over QUIC");
-        quic::spawn(Arc::clone(&shared), endpoint, shutdown.clone());
+        quic::spawn(Arc::clone(&shared), listener, shutdown.clone());
         Some(addr)
     } else {
         None

@@ -42,8 +42,28 @@ pub const PUMP_INPUT_PACKETS: usize = 16;
 /// size in flight per read.
 pub const PACKET_CHUNK_BYTES: usize = 32 * 1024;
 
+/// The QUIC agent listener: its endpoint and what each agent connection is accepted with.
+pub struct Listener {
+    /// The UDP endpoint agents connect to.
+    pub endpoint: quinn::Endpoint,
+    /// TLS and the settings shared by every agent connection.
+    agents: quinn::ServerConfig,
+    /// `--keepalive-time`, for each connection's transport config.
+    keepalive_time: Duration,
+}
+
+impl Listener {
+    /// The config one agent's connection is accepted with: path-MTU discovery is bounded by
+    /// the route back to that agent (see `konnectivity_tunnel::quic::udp`).
+    fn config_for(&self, peer: SocketAddr) -> Arc<quinn::ServerConfig> {
+        let mut config = self.agents.clone();
+        config.transport_config(Arc::new(quic::transport_config(self.keepalive_time, peer)));
+        Arc::new(config)
+    }
+}
+
 /// Binds the QUIC endpoint on `addr` (UDP) with the agent listener's certificates.
-pub fn bind(config: &ServerConfig, addr: SocketAddr) -> Result<quinn::Endpoint, ServerError> {
+pub fn bind(config: &ServerConfig, addr: SocketAddr) -> Result<Listener, ServerError> {
     let b = &config.backend;
     let tls = konnectivity_tls::server_config(
         &b.cert,
@@ -58,31 +78,38 @@ pub fn bind(config: &ServerConfig, addr: SocketAddr) -> Result<quinn::Endpoint, 
     })?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| ServerError::Quic(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(quic::transport_config(b.keepalive_time)));
+    let agents = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let socket = quic::udp::bind(addr).map_err(|source| ServerError::Bind {
         what: "agents (QUIC over UDP; --enable-quic=false disables it)",
         addr: addr.to_string(),
         source,
     })?;
-    quic::udp::endpoint(socket, Some(server)).map_err(|source| ServerError::Bind {
-        what: "agents (QUIC over UDP)",
-        addr: addr.to_string(),
-        source,
+    let endpoint =
+        quic::udp::endpoint(socket, Some(agents.clone())).map_err(|source| ServerError::Bind {
+            what: "agents (QUIC over UDP)",
+            addr: addr.to_string(),
+            source,
+        })?;
+    Ok(Listener {
+        endpoint,
+        agents,
+        keepalive_time: b.keepalive_time,
     })
 }
 
 /// Accepts agents until `shutdown`; then refuses new ones, and closes the endpoint when the
 /// server stops hard (open agent connections end through their retire tokens).
-pub fn spawn(shared: Arc<Shared>, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
+pub fn spawn(shared: Arc<Shared>, listener: Listener, shutdown: CancellationToken) {
     tokio::spawn(async move {
+        let endpoint = &listener.endpoint;
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 i = endpoint.accept() => i,
             };
             let Some(incoming) = incoming else { break };
-            tokio::spawn(serve_agent(Arc::clone(&shared), incoming));
+            let config = listener.config_for(incoming.remote_address());
+            tokio::spawn(serve_agent(Arc::clone(&shared), incoming, config));
         }
         endpoint.set_server_config(None);
         debug!("QUIC agent listener stopped accepting");
@@ -108,9 +135,20 @@ enum Setup {
     Frame(#[from] FrameError),
 }
 
-async fn serve_agent(shared: Arc<Shared>, incoming: quinn::Incoming) {
+async fn serve_agent(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    config: Arc<quinn::ServerConfig>,
+) {
     let peer = incoming.remote_address();
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+    let connecting = match incoming.accept_with(config) {
+        Ok(connecting) => connecting,
+        Err(e) => {
+            info!(%peer, error = %Setup::Handshake(e), "QUIC agent connection refused");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             info!(%peer, error = %Setup::Handshake(e), "QUIC agent connection refused");

@@ -76,10 +76,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// must come well within [`IDLE_TIMEOUT`]. Cost: one small packet per interval per idle
 /// connection.
 pub const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// Largest UDP payload path-MTU discovery probes for: just under loopback's 65,536-byte MTU,
-/// and never more than the peer's [`udp::MAX_UDP_PAYLOAD_BYTES`]. Discovery starts at 1,200
-/// bytes and settles on the path's MTU (1,472 on Ethernet, 8,973 with jumbo frames).
-/// Cost: a few lost probe packets per discovery interval (10 minutes) on small-MTU paths.
+/// Largest UDP payload path-MTU discovery ever probes for: just under loopback's 65,536-byte
+/// MTU, and never more than the peer's [`udp::MAX_UDP_PAYLOAD_BYTES`]. Towards each peer the
+/// bound is lowered to what the local route to it carries ([`udp::discovery_upper_bound`]),
+/// so discovery searches only sizes that can leave this host: 1,200 to 1,452 bytes on
+/// Ethernet, up to 8,953 with jumbo frames, up to this on loopback.
+/// Cost: on a path narrower than its first hop, a few lost probes per discovery interval (10
+/// minutes).
 pub const MTU_DISCOVERY_UPPER_BOUND: u16 = 65_000;
 /// Read size of the socket → QUIC pump. Cost: one buffer of this size per direction per open
 /// tunnel while data flows (allocation amortised; quinn keeps sent chunks until acknowledged).
@@ -96,8 +99,12 @@ pub fn keep_alive_interval(keepalive_time: Duration) -> Duration {
     }
 }
 
-/// The transport parameters both sides use (see the constants for what each costs).
-pub fn transport_config(keepalive_time: Duration) -> quinn::TransportConfig {
+/// The transport parameters both sides use towards `peer` (see the constants for what each
+/// costs); only path-MTU discovery's upper bound depends on the peer.
+pub fn transport_config(
+    keepalive_time: Duration,
+    peer: std::net::SocketAddr,
+) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
@@ -106,7 +113,7 @@ pub fn transport_config(keepalive_time: Duration) -> quinn::TransportConfig {
         .send_window(SEND_WINDOW)
         .keep_alive_interval(Some(keep_alive_interval(keepalive_time)));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_DISCOVERY_UPPER_BOUND);
+    mtu.upper_bound(udp::discovery_upper_bound(peer));
     t.mtu_discovery_config(Some(mtu));
     // Invariant: IDLE_TIMEOUT (30 s) is far below QUIC's 2^62 ms limit, so the conversion
     // cannot fail; fall back to no change rather than panic all the same.
