@@ -17,7 +17,6 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use prost::Message;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -84,11 +83,10 @@ pub const MAX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Cost: on a path narrower than its first hop, a few lost probes per discovery interval (10
 /// minutes).
 pub const MTU_DISCOVERY_UPPER_BOUND: u16 = 65_000;
-/// Read size of the socket → QUIC pump. Cost: one buffer of this size per direction per open
-/// tunnel while data flows (allocation amortised; quinn keeps sent chunks until acknowledged).
+/// Largest piece the QUIC → socket pump takes from quinn at once. Cost: none of its own (quinn
+/// hands out the bytes it already holds, without a copy). The socket → QUIC direction reads
+/// [`crate::chunk::DATA_CHUNK_BYTES`] at a time and holds no buffer while idle.
 pub const COPY_CHUNK_BYTES: usize = 64 * 1024;
-/// Least free room the pump keeps in its buffer before reading, so reads are never tiny.
-const MIN_READ_ROOM: usize = 16 * 1024;
 
 /// The keep-alive interval for a configured `--keepalive-time` (zero means "default").
 pub fn keep_alive_interval(keepalive_time: Duration) -> Duration {
@@ -258,25 +256,22 @@ where
 }
 
 /// Copies `r` into `send` until `r` reaches end of file, then finishes the stream (FIN).
-/// Reads go into a shared buffer whose filled part is handed to quinn without a copy.
+/// Each read goes straight into the chunk handed to quinn (no copy for large reads), and a
+/// connection waiting for bytes holds no buffer (see [`crate::chunk::read_chunk`]).
 pub async fn io_to_quic<R>(r: &mut R, send: &mut SendStream) -> Result<u64, PumpError>
 where
     R: AsyncRead + Unpin,
 {
     let mut total = 0u64;
-    let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES);
     loop {
-        if buf.capacity() - buf.len() < MIN_READ_ROOM {
-            buf.reserve(COPY_CHUNK_BYTES);
-        }
-        let n = r.read_buf(&mut buf).await?;
-        if n == 0 {
+        let chunk = crate::chunk::read_chunk(r).await?;
+        if chunk.is_empty() {
             // Already finished or reset (e.g. the peer stopped us meanwhile) is harmless here.
             let _ = send.finish();
             return Ok(total);
         }
-        total += n as u64;
-        send.write_chunk(buf.split().freeze()).await?;
+        total += chunk.len() as u64;
+        send.write_chunk(chunk).await?;
     }
 }
 
