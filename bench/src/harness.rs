@@ -300,7 +300,10 @@ impl Harness {
             Frontend::GrpcUds => ProxyProtocol::Grpc,
             Frontend::ConnectTcp | Frontend::ConnectUds => ProxyProtocol::HttpConnect,
         };
-        let dialer = Dialer::new(protocol, proxy_transport)?.with_dial_timeout(BENCH_DIAL_TIMEOUT);
+        // Full handshakes on every mTLS dial, as kube-apiserver makes them.
+        let dialer = Dialer::new(protocol, proxy_transport)?
+            .with_dial_timeout(BENCH_DIAL_TIMEOUT)
+            .without_tls_resumption();
 
         server_args.extend(env.extra.server.iter().cloned());
         let mut server = ChildProc::spawn(

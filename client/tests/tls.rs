@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use common::{serve_connect, Pki, WAIT};
 use konnectivity_client::{ClientError, Dialer, ProxyProtocol, ProxyTransport};
-use konnectivity_tls::{tokio_rustls, TlsTuning};
+use konnectivity_tls::{rustls, tokio_rustls, TlsTuning};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -47,11 +47,14 @@ fn transport(s: &Setup, addr: String, ca: PathBuf) -> ProxyTransport {
     }
 }
 
-/// An mTLS HTTP CONNECT proxy on loopback; reports the negotiated ALPN and whether the client
-/// presented a certificate.
+/// An mTLS HTTP CONNECT proxy on loopback; reports per connection the negotiated ALPN, whether
+/// the client presented a certificate and whether the handshake resumed an earlier session.
 async fn start_connect_proxy(
     s: &Setup,
-) -> (String, mpsc::UnboundedReceiver<(Option<Vec<u8>>, bool)>) {
+) -> (
+    String,
+    mpsc::UnboundedReceiver<(Option<Vec<u8>>, bool, bool)>,
+) {
     let config = konnectivity_tls::server_config(
         &s.server_cert,
         &s.server_key,
@@ -76,6 +79,7 @@ async fn start_connect_proxy(
                 let _ = info_tx.send((
                     conn.alpn_protocol().map(|p| p.to_vec()),
                     conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                    conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
                 ));
                 let (requests, _keep) = mpsc::unbounded_channel();
                 serve_connect(tls, requests).await;
@@ -98,7 +102,7 @@ async fn http_connect_over_mutual_tls_offers_http11_and_tunnels() {
         .await
         .unwrap()
         .unwrap();
-    let (alpn, client_cert) = info.recv().await.unwrap();
+    let (alpn, client_cert, _) = info.recv().await.unwrap();
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert!(client_cert, "the client certificate was not presented");
     tunnel.write_all(b"through tls").await.unwrap();
@@ -108,6 +112,48 @@ async fn http_connect_over_mutual_tls_offers_http11_and_tunnels() {
         .unwrap()
         .unwrap();
     assert_eq!(&back, b"through tls");
+}
+
+/// Whether each of three sequential dials through `dialer` resumed a TLS session.
+async fn resumed_per_dial(
+    dialer: &Dialer,
+    info: &mut mpsc::UnboundedReceiver<(Option<Vec<u8>>, bool, bool)>,
+) -> Vec<bool> {
+    let mut resumed = Vec::new();
+    for _ in 0..3 {
+        let mut tunnel = tokio::time::timeout(WAIT, dialer.dial("ok:443"))
+            .await
+            .unwrap()
+            .unwrap();
+        // A round trip, so the session tickets sent after the handshake have arrived.
+        tunnel.write_all(b"x").await.unwrap();
+        let mut back = [0u8; 1];
+        tokio::time::timeout(WAIT, tunnel.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        resumed.push(info.recv().await.unwrap().2);
+    }
+    resumed
+}
+
+#[tokio::test]
+async fn dialer_resumes_tls_sessions_unless_told_not_to_like_kube_apiserver() {
+    let s = setup();
+    let (addr, mut info) = start_connect_proxy(&s).await;
+    let t = transport(&s, addr, s.pki.path("ca.crt"));
+    let resuming = Dialer::new(ProxyProtocol::HttpConnect, t.clone()).unwrap();
+    assert_eq!(
+        resumed_per_dial(&resuming, &mut info).await,
+        [false, true, true]
+    );
+    let full = Dialer::new(ProxyProtocol::HttpConnect, t)
+        .unwrap()
+        .without_tls_resumption();
+    assert_eq!(
+        resumed_per_dial(&full, &mut info).await,
+        [false, false, false]
+    );
 }
 
 #[tokio::test]

@@ -532,3 +532,129 @@ async fn read_ahead_with_any_capacity_passes_bytes_and_writes_through() {
         assert_eq!(&back, b"back");
     }
 }
+
+#[test]
+fn suites_are_preferred_tls13_first_then_aes128_aes256_chacha() {
+    use rustls::CipherSuite as S;
+    let order: Vec<_> = default_tuning()
+        .crypto_provider()
+        .unwrap()
+        .cipher_suites
+        .iter()
+        .map(|s| s.suite())
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            S::TLS13_AES_128_GCM_SHA256,
+            S::TLS13_AES_256_GCM_SHA384,
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+            S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ]
+    );
+}
+
+/// Client and server config for one mTLS pair, plus the PKI that holds their files.
+fn mtls_pair() -> (Pki, Arc<rustls::ServerConfig>, PathBuf, PathBuf) {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    let (scert, skey) = pki.leaf(&ca, "server");
+    let (ccert, ckey) = pki.leaf(&ca, "client");
+    let server = server_config(
+        &scert,
+        &skey,
+        Some(&pki.path("ca.crt")),
+        &[b"h2"],
+        &default_tuning(),
+    )
+    .unwrap();
+    (pki, server, ccert, ckey)
+}
+
+#[tokio::test]
+async fn our_client_and_server_negotiate_tls13_aes128_gcm() {
+    let (pki, server, ccert, ckey) = mtls_pair();
+    let client = client_config(
+        &pki.path("ca.crt"),
+        Some((&ccert, &ckey)),
+        &[b"h2".to_vec()],
+        &default_tuning(),
+    )
+    .unwrap();
+    let (s, c) = handshake(server, Some(b"h2"), client, "localhost", Some(b"h2")).await;
+    let (s, c) = (s.unwrap(), c.unwrap());
+    for suite in [
+        s.get_ref().1.negotiated_cipher_suite(),
+        c.get_ref().1.negotiated_cipher_suite(),
+    ] {
+        assert_eq!(
+            suite.map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+    }
+}
+
+/// Presents a fixed certificate chain signed with a fixed key, whether or not they match:
+/// what a client holding a copy of someone else's certificate would do.
+#[derive(Debug)]
+struct FixedClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client that presents `cert` and signs with the key in `key`, without checking that they
+/// belong together.
+fn client_presenting(ca: &Path, cert: &Path, key: &Path) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(ring_provider::default_provider());
+    let signer = provider
+        .key_provider
+        .load_private_key(load_private_key(key).unwrap())
+        .unwrap();
+    let certified = rustls::sign::CertifiedKey::new(load_certs(cert).unwrap(), signer);
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(load_roots(ca).unwrap())
+        .with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(certified))));
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn remembered_client_chain_still_has_to_prove_its_private_key() {
+    let (pki, server, ccert, ckey) = mtls_pair();
+    let ca = pki.path("ca.crt");
+    // Another key, not the one in the client certificate.
+    let other_key = pki.write("other.key", &KeyPair::generate().unwrap().serialize_pem());
+    let genuine = || client_presenting(&ca, &ccert, &ckey);
+    let impostor = client_presenting(&ca, &ccert, &other_key);
+
+    let (s, c) = handshake(server.clone(), None, genuine(), "localhost", None).await;
+    s.unwrap();
+    c.unwrap();
+    // The chain is now remembered as verified; the handshake signature is not.
+    let (s, _) = handshake(server.clone(), None, impostor, "localhost", None).await;
+    let err = s.unwrap_err().to_string();
+    assert!(
+        err.contains("signature") || err.contains("Signature"),
+        "{err}"
+    );
+    let (s, c) = handshake(server, None, genuine(), "localhost", None).await;
+    s.unwrap();
+    c.unwrap();
+}
