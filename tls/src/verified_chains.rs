@@ -26,9 +26,11 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 
 /// Distinct client chains remembered per server configuration. A control plane presents a
 /// handful (one per kube-apiserver client certificate, plus rotations). Cost: each entry holds
-/// its chain's DER, typically 0.5–2 KiB, so at most ≈ 64 KiB in all (chains above
-/// [`MAX_CACHED_CHAIN_BYTES`] are never kept); a client cycling through more distinct chains
-/// than this evicts the oldest and is simply verified in full, never wrongly accepted.
+/// its chain's DER, typically 0.5–2 KiB (≈ 64 KiB for a full cache, 512 KiB at most since
+/// chains above [`MAX_CACHED_CHAIN_BYTES`] are never kept); a client cycling through more
+/// distinct chains than this evicts the oldest and is simply verified in full, never wrongly
+/// accepted. The agent listener has its own cache: thousands of agents each with their own
+/// certificate just keep evicting each other there, at the cost of a certificate parse each.
 pub const VERIFIED_CHAINS: usize = 32;
 
 /// Largest chain (end-entity plus intermediates, DER bytes) that is remembered. Cost: a client
