@@ -327,7 +327,7 @@ impl TlsTuning {
         // Stable: ECDSA before RSA within a rank, as ring lists them.
         provider.cipher_suites.sort_by_key(suite_preference);
         if let Some(tls12) = self.tls12_suites()? {
-            // Keep rustls' preference order; Go also ignores the order given on the flag.
+            // Keep the preference order above; Go also ignores the order given on the flag.
             provider.cipher_suites.retain(|s| match s {
                 SupportedCipherSuite::Tls13(_) => true,
                 other => tls12.iter().any(|t| t.suite() == other.suite()),
