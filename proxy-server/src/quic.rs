@@ -42,6 +42,24 @@ pub const PUMP_INPUT_PACKETS: usize = 16;
 /// size in flight per read.
 pub const PACKET_CHUNK_BYTES: usize = 32 * 1024;
 
+/// Smallest piece of a QUIC stream handed to a gRPC frontend as it is, without a copy. quinn's
+/// pieces are slices of the datagram buffer they arrived in; a smaller piece is copied so a
+/// queued DATA packet never keeps a much larger receive buffer alive (frontend queues count
+/// payload bytes). In practice pieces this large exist only on paths with a packet size above
+/// it (loopback's 64 KiB); on Ethernet and jumbo-frame paths every piece is copied, as before.
+/// Cost: a shared piece keeps at most its datagram (≤ 64 KiB, so ≤ 4× its length) alive while
+/// it waits in a frontend's queue.
+pub const SHARE_PIECE_MIN_BYTES: usize = 16 * 1024;
+
+/// The DATA payload for a piece read from a QUIC stream (see [`SHARE_PIECE_MIN_BYTES`]).
+fn data_payload(piece: bytes::Bytes) -> bytes::Bytes {
+    if piece.len() >= SHARE_PIECE_MIN_BYTES {
+        piece
+    } else {
+        bytes::Bytes::copy_from_slice(&piece)
+    }
+}
+
 /// The QUIC agent listener: its endpoint and what each agent connection is accepted with.
 pub struct Listener {
     /// The UDP endpoint agents connect to.
@@ -429,7 +447,7 @@ pub async fn packet_pump(
             loop {
                 match recv.read_chunk(PACKET_CHUNK_BYTES, true).await {
                     Ok(Some(chunk)) => {
-                        let packet = Packet::data(connect_id, chunk.bytes.to_vec());
+                        let packet = Packet::data(connect_id, data_payload(chunk.bytes));
                         shared.metrics.stream_packet_from_agent(&packet);
                         if sink.push(packet).await.is_err() {
                             return PumpEnd::FrontendGone;
@@ -476,5 +494,23 @@ pub async fn packet_pump(
                 _ = sink.push(packet) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_pieces_are_shared_and_small_ones_copied_out_of_their_datagram() {
+        let datagram = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+        let large = datagram.slice(100..100 + SHARE_PIECE_MIN_BYTES);
+        let shared = data_payload(large.clone());
+        assert_eq!(shared.as_ptr(), large.as_ptr());
+        assert_eq!(shared, large);
+        let small = datagram.slice(100..100 + SHARE_PIECE_MIN_BYTES - 1);
+        let copied = data_payload(small.clone());
+        assert_ne!(copied.as_ptr(), small.as_ptr());
+        assert_eq!(copied, small);
     }
 }
