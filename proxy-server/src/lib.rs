@@ -317,6 +317,10 @@ fn grpc_frontend_server(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(keepalive(config.frontend.keepalive_time))
         .max_concurrent_streams(Some(FRONTEND_MAX_CONCURRENT_STREAMS))
+        // Same frame limit as the agent listener: a client that honours it (h2, tonic) sends a
+        // DATA packet in one frame, which is then decoded without copying its payload; grpc-go
+        // keeps to 16 KiB frames, which is always allowed.
+        .max_frame_size(konnectivity_tunnel::H2_MAX_FRAME_BYTES)
         .add_service(grpc_method::RawService(frontend::grpc::GrpcFrontend::new(
             Arc::clone(shared),
         )))

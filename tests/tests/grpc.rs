@@ -108,6 +108,52 @@ async fn grpc_dial_without_agent_fails_with_no_agent_available() {
     .await
 }
 
+/// The server's first SETTINGS frame on a fresh HTTP/2 connection, as (identifier, value)
+/// pairs, read byte by byte after sending the client preface.
+async fn server_settings(mut io: UnixStream) -> anyhow::Result<Vec<(u16, u32)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    // An empty SETTINGS frame: length 0, type 4, flags 0, stream 0.
+    io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await?;
+    let mut header = [0u8; 9];
+    io.read_exact(&mut header).await?;
+    ensure!(
+        header[3] == 4,
+        "first frame from the server is type {}, not SETTINGS",
+        header[3]
+    );
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await?;
+    Ok(payload
+        .chunks_exact(6)
+        .map(|e| {
+            (
+                u16::from_be_bytes([e[0], e[1]]),
+                u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_frontend_lets_clients_send_a_packet_in_one_large_frame() {
+    e2e(async {
+        let env = TestEnv::new()?;
+        let server = Server::start(&env, ServerOptions::grpc_uds()).await?;
+        let settings = server_settings(UnixStream::connect(server.uds_path()).await?).await?;
+        // SETTINGS_MAX_FRAME_SIZE (0x5): as large as the agent listener's, so a client that
+        // honours it sends each DATA packet in one frame and its payload is not copied.
+        let max_frame = settings.iter().find(|(id, _)| *id == 0x5).map(|(_, v)| *v);
+        ensure!(
+            max_frame == Some(konnectivity_tunnel::H2_MAX_FRAME_BYTES),
+            "SETTINGS_MAX_FRAME_SIZE {max_frame:?} in {settings:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// Bytes that are no valid `Packet`: a varint that never terminates.
 const GARBAGE: [u8; 12] = [0xff; 12];
 
