@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use common::{serve_connect, Pki, WAIT};
-use konnectivity_client::{ClientError, Dialer, ProxyProtocol, ProxyTransport};
+use konnectivity_client::{ClientError, Dialer, ProxyProtocol, ProxyTransport, Tunnel};
 use konnectivity_tls::{rustls, tokio_rustls, TlsTuning};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,14 +47,18 @@ fn transport(s: &Setup, addr: String, ca: PathBuf) -> ProxyTransport {
     }
 }
 
-/// An mTLS HTTP CONNECT proxy on loopback; reports per connection the negotiated ALPN, whether
-/// the client presented a certificate and whether the handshake resumed an earlier session.
-async fn start_connect_proxy(
-    s: &Setup,
-) -> (
-    String,
-    mpsc::UnboundedReceiver<(Option<Vec<u8>>, bool, bool)>,
-) {
+/// What the test proxy saw of one accepted connection's TLS handshake.
+struct Accepted {
+    /// The negotiated ALPN protocol.
+    alpn: Option<Vec<u8>>,
+    /// Whether the client presented a certificate.
+    client_cert: bool,
+    /// Whether the handshake resumed an earlier session.
+    resumed: bool,
+}
+
+/// An mTLS HTTP CONNECT proxy on loopback; reports each accepted connection's handshake.
+async fn start_connect_proxy(s: &Setup) -> (String, mpsc::UnboundedReceiver<Accepted>) {
     let config = konnectivity_tls::server_config(
         &s.server_cert,
         &s.server_key,
@@ -76,11 +80,11 @@ async fn start_connect_proxy(
                     return;
                 };
                 let (_, conn) = tls.get_ref();
-                let _ = info_tx.send((
-                    conn.alpn_protocol().map(|p| p.to_vec()),
-                    conn.peer_certificates().is_some_and(|c| !c.is_empty()),
-                    conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-                ));
+                let _ = info_tx.send(Accepted {
+                    alpn: conn.alpn_protocol().map(|p| p.to_vec()),
+                    client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                    resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                });
                 let (requests, _keep) = mpsc::unbounded_channel();
                 serve_connect(tls, requests).await;
             });
@@ -98,41 +102,42 @@ async fn http_connect_over_mutual_tls_offers_http11_and_tunnels() {
         transport(&s, addr, s.pki.path("ca.crt")),
     )
     .unwrap();
-    let mut tunnel = tokio::time::timeout(WAIT, dialer.dial("ok:443"))
+    dial_and_echo(&dialer, "ok:443", b"through tls").await;
+    let accepted = info.recv().await.unwrap();
+    assert_eq!(accepted.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert!(
+        accepted.client_cert,
+        "the client certificate was not presented"
+    );
+}
+
+/// Dials `address` through `dialer` and checks that `payload` comes back through the tunnel
+/// (the test proxies echo); returns the open tunnel.
+async fn dial_and_echo(dialer: &Dialer, address: &str, payload: &[u8]) -> Tunnel {
+    let mut tunnel = tokio::time::timeout(WAIT, dialer.dial(address))
         .await
         .unwrap()
         .unwrap();
-    let (alpn, client_cert, _) = info.recv().await.unwrap();
-    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
-    assert!(client_cert, "the client certificate was not presented");
-    tunnel.write_all(b"through tls").await.unwrap();
-    let mut back = [0u8; 11];
+    tunnel.write_all(payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
     tokio::time::timeout(WAIT, tunnel.read_exact(&mut back))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(&back, b"through tls");
+    assert_eq!(back, payload);
+    tunnel
 }
 
 /// Whether each of three sequential dials through `dialer` resumed a TLS session.
 async fn resumed_per_dial(
     dialer: &Dialer,
-    info: &mut mpsc::UnboundedReceiver<(Option<Vec<u8>>, bool, bool)>,
+    info: &mut mpsc::UnboundedReceiver<Accepted>,
 ) -> Vec<bool> {
     let mut resumed = Vec::new();
     for _ in 0..3 {
-        let mut tunnel = tokio::time::timeout(WAIT, dialer.dial("ok:443"))
-            .await
-            .unwrap()
-            .unwrap();
         // A round trip, so the session tickets sent after the handshake have arrived.
-        tunnel.write_all(b"x").await.unwrap();
-        let mut back = [0u8; 1];
-        tokio::time::timeout(WAIT, tunnel.read_exact(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        resumed.push(info.recv().await.unwrap().2);
+        dial_and_echo(dialer, "ok:443", b"x").await;
+        resumed.push(info.recv().await.unwrap().resumed);
     }
     resumed
 }
@@ -259,17 +264,7 @@ async fn grpc_over_mutual_tls_negotiates_h2_and_echoes() {
         transport(&s, addr, s.pki.path("ca.crt")),
     )
     .unwrap();
-    let mut tunnel = tokio::time::timeout(WAIT, dialer.dial("10.0.0.9:10250"))
-        .await
-        .unwrap()
-        .unwrap();
-    tunnel.write_all(b"over h2 and tls").await.unwrap();
-    let mut back = [0u8; 15];
-    tokio::time::timeout(WAIT, tunnel.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&back, b"over h2 and tls");
+    let _tunnel = dial_and_echo(&dialer, "10.0.0.9:10250", b"over h2 and tls").await;
     assert!(common::is_kind(
         &proxy.next_event().await,
         konnectivity_proto::PacketType::DialReq

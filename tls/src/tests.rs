@@ -88,6 +88,43 @@ fn default_tuning() -> TlsTuning {
     TlsTuning::default()
 }
 
+/// One CA, a server and a client certificate from it, and our server and client configs for
+/// them (ALPN `h2`, default tuning).
+struct MtlsPair {
+    /// Holds the PEM files (`ca.crt`, `server.*`, `client.*`).
+    pki: Pki,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+impl MtlsPair {
+    fn new() -> Self {
+        let pki = Pki::new();
+        let ca = pki.ca("ca");
+        let (scert, skey) = pki.leaf(&ca, "server");
+        let (client_cert, client_key) = pki.leaf(&ca, "client");
+        let t = default_tuning();
+        let ca = pki.path("ca.crt");
+        let server = server_config(&scert, &skey, Some(&ca), &[b"h2"], &t).unwrap();
+        let client = client_config(
+            &ca,
+            Some((&client_cert, &client_key)),
+            &[b"h2".to_vec()],
+            &t,
+        )
+        .unwrap();
+        MtlsPair {
+            pki,
+            server,
+            client,
+            client_cert,
+            client_key,
+        }
+    }
+}
+
 /// A client config that only speaks TLS 1.2, built outside this crate's helpers.
 fn tls12_only_client(ca: &Path, cert: &Path, key: &Path) -> Arc<rustls::ClientConfig> {
     let mut roots = RootCertStore::empty();
@@ -106,20 +143,15 @@ fn tls12_only_client(ca: &Path, cert: &Path, key: &Path) -> Arc<rustls::ClientCo
 
 #[tokio::test]
 async fn mtls_handshake_with_right_ca_succeeds_and_carries_data() {
-    let pki = Pki::new();
-    let ca = pki.ca("ca");
-    let (scert, skey) = pki.leaf(&ca, "server");
-    let (ccert, ckey) = pki.leaf(&ca, "client");
-    let t = default_tuning();
-    let server = server_config(&scert, &skey, Some(&pki.path("ca.crt")), &[b"h2"], &t).unwrap();
-    let client = client_config(
-        &pki.path("ca.crt"),
-        Some((&ccert, &ckey)),
-        &[b"h2".to_vec()],
-        &t,
+    let pair = MtlsPair::new();
+    let (s, c) = handshake(
+        pair.server,
+        Some(b"h2"),
+        pair.client,
+        "localhost",
+        Some(b"h2"),
     )
-    .unwrap();
-    let (s, c) = handshake(server, Some(b"h2"), client, "localhost", Some(b"h2")).await;
+    .await;
     let (mut s, mut c) = (s.unwrap(), c.unwrap());
     assert!(s
         .get_ref()
@@ -559,34 +591,17 @@ fn suites_are_preferred_tls13_first_then_aes128_aes256_chacha() {
     );
 }
 
-/// Client and server config for one mTLS pair, plus the PKI that holds their files.
-fn mtls_pair() -> (Pki, Arc<rustls::ServerConfig>, PathBuf, PathBuf) {
-    let pki = Pki::new();
-    let ca = pki.ca("ca");
-    let (scert, skey) = pki.leaf(&ca, "server");
-    let (ccert, ckey) = pki.leaf(&ca, "client");
-    let server = server_config(
-        &scert,
-        &skey,
-        Some(&pki.path("ca.crt")),
-        &[b"h2"],
-        &default_tuning(),
-    )
-    .unwrap();
-    (pki, server, ccert, ckey)
-}
-
 #[tokio::test]
 async fn our_client_and_server_negotiate_tls13_aes128_gcm() {
-    let (pki, server, ccert, ckey) = mtls_pair();
-    let client = client_config(
-        &pki.path("ca.crt"),
-        Some((&ccert, &ckey)),
-        &[b"h2".to_vec()],
-        &default_tuning(),
+    let pair = MtlsPair::new();
+    let (s, c) = handshake(
+        pair.server,
+        Some(b"h2"),
+        pair.client,
+        "localhost",
+        Some(b"h2"),
     )
-    .unwrap();
-    let (s, c) = handshake(server, Some(b"h2"), client, "localhost", Some(b"h2")).await;
+    .await;
     let (s, c) = (s.unwrap(), c.unwrap());
     for suite in [
         s.get_ref().1.negotiated_cipher_suite(),
@@ -637,7 +652,13 @@ fn client_presenting(ca: &Path, cert: &Path, key: &Path) -> Arc<rustls::ClientCo
 
 #[tokio::test]
 async fn remembered_client_chain_still_has_to_prove_its_private_key() {
-    let (pki, server, ccert, ckey) = mtls_pair();
+    let MtlsPair {
+        pki,
+        server,
+        client_cert: ccert,
+        client_key: ckey,
+        ..
+    } = MtlsPair::new();
     let ca = pki.path("ca.crt");
     // Another key, not the one in the client certificate.
     let other_key = pki.write("other.key", &KeyPair::generate().unwrap().serialize_pem());
