@@ -199,7 +199,7 @@ async fn start_frontend(
             info!(path = %path.display(), ?mode, "frontend listening on Unix socket");
             match mode {
                 FrontendMode::Grpc => {
-                    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+                    let incoming = listen::uds_incoming(listener, "frontend");
                     let server = grpc_frontend_server(config, shared)
                         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
                     tokio::spawn(async move {
@@ -214,19 +214,13 @@ async fn start_frontend(
                         loop {
                             let conn = tokio::select! {
                                 _ = shutdown.cancelled() => break,
-                                c = listener.accept() => c,
+                                c = listen::accept_or_pause(listener.accept(), "frontend") => c,
                             };
-                            match conn {
-                                Ok((stream, _)) => {
-                                    tokio::spawn(frontend::http_connect::serve(
-                                        Arc::clone(&shared),
-                                        stream,
-                                    ));
-                                }
-                                Err(e) => {
-                                    warn!(error = %e, "frontend accept failed");
-                                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                                }
+                            if let Some((stream, _)) = conn {
+                                tokio::spawn(frontend::http_connect::serve(
+                                    Arc::clone(&shared),
+                                    stream,
+                                ));
                             }
                         }
                     });

@@ -1,14 +1,16 @@
 //! Listeners: TLS over TCP (handshakes off the accept loop, bounded in time) and Unix sockets.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use konnectivity_tls::ReadAhead;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -18,6 +20,61 @@ use tracing::{debug, info, warn};
 /// Completed handshakes waiting for the server to pick them up. Cost: this many idle TLS
 /// connections may be held before the accept loop waits for the server.
 const ACCEPTED_BACKLOG: usize = 1024;
+
+/// Pause after a failed `accept` (typically `EMFILE`: the process is out of descriptors, and
+/// the pending connection stays queued, so retrying at once would spin a core). Cost: once a
+/// descriptor frees, a waiting client may wait up to this long; at most 20 warnings a second.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Awaits one `accept`; on failure logs it (with what to do when descriptors ran out), pauses
+/// [`ACCEPT_ERROR_PAUSE`] and returns `None` so the caller's loop tries again. An accept error
+/// is about the listener's process, never about a peer, so no loop ends on one.
+pub async fn accept_or_pause<T>(
+    accept: impl Future<Output = io::Result<T>>,
+    what: &str,
+) -> Option<T> {
+    match accept.await {
+        Ok(accepted) => Some(accepted),
+        Err(e) => {
+            match accept_error_hint(&e) {
+                Some(hint) => warn!(listener = what, error = %e, "accept failed: {hint}"),
+                None => warn!(listener = what, error = %e, "accept failed"),
+            }
+            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            None
+        }
+    }
+}
+
+/// What an operator can do about an accept error, when there is something.
+fn accept_error_hint(e: &io::Error) -> Option<&'static str> {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    match e.raw_os_error() {
+        Some(EMFILE) => Some(
+            "this process is out of file descriptors (one per tunnel and per agent); raise its \
+             hard open-file limit (ulimit -Hn, LimitNOFILE=, or the container runtime's nofile \
+             ulimit): the binary raises its soft limit to the hard one at start",
+        ),
+        Some(ENFILE) => Some("the system is out of file descriptors (fs.file-max)"),
+        _ => None,
+    }
+}
+
+/// A Unix-socket listener as the stream of connections tonic serves, pausing after accept
+/// errors (see [`accept_or_pause`]) where tonic's own loop would retry at once and only trace.
+pub fn uds_incoming(
+    listener: UnixListener,
+    what: &'static str,
+) -> impl futures::Stream<Item = io::Result<UnixStream>> {
+    futures::stream::unfold(listener, move |listener| async move {
+        loop {
+            if let Some((stream, _)) = accept_or_pause(listener.accept(), what).await {
+                return Some((Ok(stream), listener));
+            }
+        }
+    })
+}
 
 /// A TLS connection ready for a tonic server.
 #[derive(Debug)]
@@ -91,13 +148,9 @@ pub fn tls_incoming(
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = stop.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(listener = what, error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
+                r = accept_or_pause(listener.accept(), what) => match r {
+                    Some(x) => x,
+                    None => continue,
                 },
             };
             let _ = tcp.set_nodelay(true);

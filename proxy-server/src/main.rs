@@ -54,6 +54,7 @@ fn serve(config: proxy_server::config::ServerConfig) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     // Before any thread exists (logging may start one): see the module for why.
     let allocator = konnectivity_runtime::allocator::tune();
+    let open_files = konnectivity_runtime::open_files::raise_to_hard_limit();
     let flags = ServerFlags::parse();
     let klog = flags.klog.clone();
     let notices = flags.notices();
@@ -76,6 +77,15 @@ fn main() -> ExitCode {
     }
     match allocator {
         Ok(tuning) => tracing::debug!(?tuning, "malloc thresholds"),
+        Err(e) => tracing::warn!("{e}"),
+    }
+    match open_files {
+        Ok(limit) => tracing::info!(
+            soft = limit.now,
+            inherited = limit.before,
+            hard = limit.hard,
+            "open-file limit (one descriptor per tunnel)"
+        ),
         Err(e) => tracing::warn!("{e}"),
     }
     tracing::info!(

@@ -1,10 +1,11 @@
 //! Process setup shared by `proxy-server` and `proxy-agent`.
 //!
-//! Both binaries build the same multi-threaded tokio runtime, take SIGTERM/SIGINT the same way
-//! and tune the allocator the same way before any thread starts; what they *do* on a signal
-//! differs and stays in their `main`.
+//! Both binaries build the same multi-threaded tokio runtime, take SIGTERM/SIGINT the same
+//! way, raise their open-file limit and tune the allocator the same way before any thread
+//! starts; what they *do* on a signal differs and stays in their `main`.
 
 pub mod allocator;
+pub mod open_files;
 
 use std::time::Duration;
 

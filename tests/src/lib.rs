@@ -43,7 +43,8 @@ pub use https::KubeletClient;
 pub use kubelet::Kubelet;
 pub use netutil::{Blackhole, EchoServer};
 pub use process::{
-    Agent, AgentOptions, FrontendAddr, Mode, Server, ServerOptions, ServerPorts, Transport,
+    Agent, AgentOptions, FrontendAddr, Mode, OpenFiles, Server, ServerOptions, ServerPorts,
+    Transport,
 };
 pub use report::e2e;
 

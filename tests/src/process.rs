@@ -33,15 +33,51 @@ pub struct ChildProcess {
     exit: Option<ExitStatus>,
 }
 
+/// An open-file limit (`RLIMIT_NOFILE`) to start a process under, as a parent such as a
+/// container runtime or systemd would set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit the process inherits.
+    pub soft: u64,
+    /// The hard limit it inherits; the test process's own if `None`.
+    pub hard: Option<u64>,
+}
+
 impl ChildProcess {
     /// Starts `bin` with `args`, stdout and stderr appended to `log`.
     pub fn spawn(bin: &Path, name: &str, args: Vec<String>, log: PathBuf) -> Result<ChildProcess> {
+        ChildProcess::spawn_limited(bin, name, args, log, None)
+    }
+
+    /// [`ChildProcess::spawn`] under the given open-file limit, set by `sh`'s `ulimit` before
+    /// it `exec`s the binary (same pid, no `unsafe` in the harness).
+    pub fn spawn_limited(
+        bin: &Path,
+        name: &str,
+        args: Vec<String>,
+        log: PathBuf,
+        open_files: Option<OpenFiles>,
+    ) -> Result<ChildProcess> {
         let file = File::create(&log)
             .map_err(|e| HarnessError::io(format!("creating log {}", log.display()), e))?;
         let file2 = file
             .try_clone()
             .map_err(|e| HarnessError::io(format!("duplicating log {}", log.display()), e))?;
-        let child = Command::new(bin)
+        let mut command = match open_files {
+            None => Command::new(bin),
+            Some(limit) => {
+                // Soft first: a hard limit below the current soft one would be refused.
+                let mut script = format!("ulimit -S -n {}", limit.soft);
+                if let Some(hard) = limit.hard {
+                    script.push_str(&format!(" && ulimit -H -n {hard}"));
+                }
+                script.push_str(" && exec \"$0\" \"$@\"");
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(script).arg(bin);
+                c
+            }
+        };
+        let child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(file)
@@ -258,6 +294,8 @@ pub struct ServerOptions {
     pub uds_path: Option<PathBuf>,
     /// Further flags, appended last.
     pub extra_args: Vec<String>,
+    /// Open-file limit to start under; the test process's own if `None`.
+    pub open_files: Option<OpenFiles>,
 }
 
 impl Default for ServerOptions {
@@ -272,6 +310,7 @@ impl Default for ServerOptions {
             ports: None,
             uds_path: None,
             extra_args: Vec::new(),
+            open_files: None,
         }
     }
 }
@@ -407,11 +446,12 @@ impl Server {
             .unwrap_or_else(|| format!("server-{}", rand::random::<u32>()));
         let args = Server::args(env, &opts, &ports, &frontend, &server_id);
         let bin = bins::binary(bins::SERVER_BIN)?;
-        let mut process = ChildProcess::spawn(
+        let mut process = ChildProcess::spawn_limited(
             &bin,
             "proxy-server",
             args,
             env.unique_file("proxy-server", "log"),
+            opts.open_files,
         )?;
         wait_healthy(&mut process, loopback(ports.health)).await?;
         let fe = frontend.clone();
@@ -514,6 +554,8 @@ pub struct AgentOptions {
     pub health_port: Option<u16>,
     /// Further flags, appended last.
     pub extra_args: Vec<String>,
+    /// Open-file limit to start under; the test process's own if `None`.
+    pub open_files: Option<OpenFiles>,
 }
 
 impl AgentOptions {
@@ -533,6 +575,7 @@ impl AgentOptions {
             identifiers: None,
             health_port: None,
             extra_args: Vec::new(),
+            open_files: None,
         }
     }
 }
@@ -589,7 +632,14 @@ impl Agent {
             args.push(format!("--agent-identifiers={ids}"));
         }
         args.extend(opts.extra_args.iter().cloned());
-        Agent::start_with_args(env, args, opts.agent_id, health_port, admin_port).await
+        Agent::start_limited(
+            env,
+            args,
+            opts.agent_id,
+            (health_port, admin_port),
+            opts.open_files,
+        )
+        .await
     }
 
     /// Starts an agent with exactly `args` (which must set the given health/admin ports).
@@ -600,12 +650,23 @@ impl Agent {
         health_port: u16,
         admin_port: u16,
     ) -> Result<Agent> {
+        Agent::start_limited(env, args, agent_id, (health_port, admin_port), None).await
+    }
+
+    async fn start_limited(
+        env: &TestEnv,
+        args: Vec<String>,
+        agent_id: String,
+        (health_port, admin_port): (u16, u16),
+        open_files: Option<OpenFiles>,
+    ) -> Result<Agent> {
         let bin = bins::binary(bins::AGENT_BIN)?;
-        let mut process = ChildProcess::spawn(
+        let mut process = ChildProcess::spawn_limited(
             &bin,
             "proxy-agent",
             args,
             env.unique_file("proxy-agent", "log"),
+            open_files,
         )?;
         wait_healthy(&mut process, loopback(health_port)).await?;
         Ok(Agent {
