@@ -67,14 +67,12 @@ pub enum ServerError {
     Quic(String),
 }
 
-async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            what,
-            addr: addr.to_string(),
-            source,
-        })
+fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    listen::bind_tcp(addr).map_err(|source| ServerError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 /// Addresses the server actually listens on (useful when a configured port is 0).
@@ -123,7 +121,7 @@ pub async fn start(
         source: Box::new(source),
         what: "agent listener (--cluster-cert/--cluster-key/--cluster-ca-cert)",
     })?;
-    let agent_listener = bind_tcp("agents", b.addr).await?;
+    let agent_listener = bind_tcp("agents", b.addr)?;
     let agent_addr = agent_listener.local_addr().unwrap_or(b.addr);
     let incoming = listen::tls_incoming(
         agent_listener,
@@ -158,8 +156,8 @@ pub async fn start(
 
     let frontend_addr = start_frontend(config, &shared, shutdown.clone()).await?;
 
-    let health_listener = bind_tcp("health", config.health_addr).await?;
-    let admin_listener = bind_tcp("admin", config.admin_addr).await?;
+    let health_listener = bind_tcp("health", config.health_addr)?;
+    let admin_listener = bind_tcp("admin", config.admin_addr)?;
     let bound = BoundAddrs {
         agent: agent_addr,
         agent_quic,
@@ -247,7 +245,7 @@ async fn start_frontend(
                     source: Box::new(source),
                     what: "frontend listener (--server-cert/--server-key/--server-ca-cert)",
                 })?;
-            let listener = bind_tcp("frontend", *addr).await?;
+            let listener = bind_tcp("frontend", *addr)?;
             let local = listener.local_addr().unwrap_or(*addr);
             info!(addr = %local, ?mode, "frontend listening on mTLS TCP");
             let required = match mode {

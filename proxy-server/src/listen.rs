@@ -176,6 +176,29 @@ pub fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Pending connections a TCP listener may queue before the kernel drops new SYNs: `-1` asks
+/// for the system's maximum, `net.core.somaxconn` (4,096 by default since Linux 5.4), which is
+/// what Go listens with, so upstream's listeners queue as much. tokio (like std) listens with
+/// 128 on TCP: a burst of 2,000 connects to the mTLS frontend then overflowed the queue 2,052
+/// times and the dropped SYNs were retried a second later (1–2 s dials). Cost: queued,
+/// not-yet-accepted connections hold kernel memory only.
+pub const LISTEN_BACKLOG: i32 = -1;
+
+/// Binds a TCP listener as tokio would (address reuse, non-blocking, close-on-exec), with
+/// [`LISTEN_BACKLOG`].
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Binds a Unix socket for the frontend: removes a stale socket file first if asked, and makes
 /// the socket mode 0770 (owner and group only), as upstream does with umask 0007.
 pub fn bind_uds(path: &Path, delete_existing: bool) -> io::Result<UnixListener> {

@@ -1,6 +1,8 @@
-//! Running out of file descriptors, with the real binaries: both raise an inherited low soft
-//! open-file limit to the hard one at start (as Go's runtime does for upstream), and a frontend
-//! whose process is out of descriptors warns, pauses, and serves again once some free.
+//! The process limits that cap how many tunnels a node carries, with the real binaries: both
+//! raise an inherited low soft open-file limit to the hard one at start (as Go's runtime does
+//! for upstream); a frontend whose process is out of descriptors warns, pauses, and serves again
+//! once some free; and the TCP listeners queue as many pending connections as the system allows
+//! (as Go's do), so a burst of dials is not dropped and retried a second later.
 
 use std::time::Duration;
 
@@ -173,6 +175,52 @@ async fn grpc_frontend_out_of_descriptors_warns_pauses_and_serves_again() {
             server.process.is_running(),
             "the server exited while out of descriptors"
         );
+        Ok(())
+    })
+    .await;
+}
+
+/// The listen backlog (pending connections the kernel queues) of the TCP listener on `port`,
+/// as `ss` reports it for a listening socket (its Send-Q column).
+async fn listen_backlog(port: u16) -> anyhow::Result<u64> {
+    let out = tokio::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .await
+        .context("running ss (iproute2)")?;
+    ensure!(out.status.success(), "ss failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .with_context(|| format!("no listener on port {port}: {text:?}"))?;
+    // State, Recv-Q, Send-Q (the backlog), local address, peer address.
+    let backlog = line
+        .split_whitespace()
+        .nth(2)
+        .with_context(|| format!("unexpected ss line {line:?}"))?;
+    Ok(backlog.parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_listeners_queue_as_many_pending_connections_as_the_system_allows() {
+    e2e(async {
+        let env = TestEnv::new()?;
+        let server = Server::start(&env, ServerOptions::http_connect_tcp()).await?;
+        let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")?
+            .trim()
+            .parse()?;
+        for (what, port) in [
+            ("mTLS frontend", server.frontend_tcp().port()),
+            ("agent listener", server.ports.agent),
+        ] {
+            let backlog = listen_backlog(port).await?;
+            ensure!(
+                backlog == somaxconn,
+                "the {what} listens with a backlog of {backlog}, not net.core.somaxconn \
+                 ({somaxconn}): a burst of dials beyond it has its SYNs dropped"
+            );
+        }
         Ok(())
     })
     .await;
