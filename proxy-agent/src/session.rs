@@ -32,10 +32,14 @@ use crate::connections::{ConnectionTable, UNKNOWN_CONNECT_ID, UNRECOGNIZED_CONNE
 use crate::dial::{self, DialError};
 use crate::metrics::{EndpointDialFailure, Metrics, Segment};
 
-/// Concurrent dials allowed on one server connection. Cost: a burst of more simultaneous dials
-/// (each may take up to [`dial::DIAL_TIMEOUT`]) is refused with a DIAL_RSP error; without a
-/// bound a misbehaving server could exhaust the agent's file descriptors with dials alone.
-pub const MAX_PENDING_DIALS: usize = 1024;
+/// Concurrent dials allowed on one server connection: above the 100,000 concurrent tunnels an
+/// agent is sized for, so a burst of simultaneous dials is never refused where upstream (no
+/// bound) would serve it; it was 1,024, and a burst of 3,000 dials through one agent saw most
+/// refused. Cost: each pending dial holds a connecting socket (one descriptor) and a task of
+/// about 1 KiB for up to [`dial::DIAL_TIMEOUT`], so a server flooding dials at unresponsive
+/// addresses can pin up to this many (the open-file limit usually stops it first, and those
+/// dials then fail with `too many open files`).
+pub const MAX_PENDING_DIALS: usize = 1 << 17;
 
 /// Tunables of a session (from the agent configuration; tests shorten the dial timeout).
 #[derive(Debug, Clone)]

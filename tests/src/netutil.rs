@@ -9,6 +9,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{HarnessError, Result};
 
+/// A listener on an ephemeral 127.0.0.1 port queuing up to `net.core.somaxconn` pending
+/// connections, as a Go server (a kubelet) listens; tokio's 128 would drop the SYNs of a burst
+/// of dials and make them wait a second for the retry.
+fn listen_loopback() -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())?;
+    socket.listen(-1)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// A TCP echo server on 127.0.0.1; stops when dropped.
 pub struct EchoServer {
     addr: SocketAddr,
@@ -18,9 +29,8 @@ pub struct EchoServer {
 impl EchoServer {
     /// Starts echoing on an ephemeral loopback port.
     pub async fn start() -> Result<EchoServer> {
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-            .await
-            .map_err(|e| HarnessError::io("binding the echo server", e))?;
+        let listener =
+            listen_loopback().map_err(|e| HarnessError::io("binding the echo server", e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| HarnessError::io("reading the echo server address", e))?;

@@ -225,3 +225,63 @@ async fn tcp_listeners_queue_as_many_pending_connections_as_the_system_allows() 
     })
     .await;
 }
+
+/// Dials fired at once in the burst test: well above the agent's old bound of 1,024 pending
+/// dials per server connection.
+const BURST_DIALS: usize = 3_000;
+
+/// Fires [`BURST_DIALS`] dials at once through a connect-uds server and one agent started with
+/// `agent_args`, and expects every one to open and echo.
+async fn burst_of_dials(agent_args: &[&str]) -> anyhow::Result<()> {
+    // Two descriptors per tunnel in this process (client end, echoed end).
+    konnectivity_runtime::open_files::raise_to_hard_limit()?;
+    let env = TestEnv::new()?;
+    let server = Server::start(&env, ServerOptions::http_connect_uds()).await?;
+    let mut opts = AgentOptions::for_server(&server);
+    opts.extra_args
+        .extend(agent_args.iter().map(|a| a.to_string()));
+    let agent = Agent::start(&env, opts).await?;
+    agent.wait_ready().await?;
+    server.wait_ready().await?;
+    let dialer = dialer_for(&env, &server)?;
+    let echo_server = EchoServer::start().await?;
+    let address = echo_server.addr().to_string();
+    let mut dials = tokio::task::JoinSet::new();
+    for i in 0..BURST_DIALS {
+        let dialer = dialer.clone();
+        let address = address.clone();
+        dials.spawn(async move {
+            let mut tunnel = dialer.dial(&address).await.map_err(|e| format!("{e}"))?;
+            echo(&mut tunnel, format!("burst {i:04}").as_bytes())
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            Ok::<_, String>(tunnel)
+        });
+    }
+    let mut open = Vec::with_capacity(BURST_DIALS);
+    let mut failures = Vec::new();
+    while let Some(done) = dials.join_next().await {
+        match done? {
+            Ok(tunnel) => open.push(tunnel),
+            Err(e) => failures.push(e),
+        }
+    }
+    failures.sort();
+    failures.dedup();
+    ensure!(
+        open.len() == BURST_DIALS,
+        "{} of {BURST_DIALS} simultaneous dials failed; distinct errors: {failures:?}",
+        BURST_DIALS - open.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_simultaneous_dials_all_open_through_a_grpc_agent() {
+    e2e(burst_of_dials(&[])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_simultaneous_dials_all_open_through_a_quic_agent() {
+    e2e(burst_of_dials(&["--transport=quic"])).await;
+}
