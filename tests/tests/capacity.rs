@@ -230,13 +230,13 @@ async fn tcp_listeners_queue_as_many_pending_connections_as_the_system_allows() 
 /// dials per server connection.
 const BURST_DIALS: usize = 3_000;
 
-/// Fires [`BURST_DIALS`] dials at once through a connect-uds server and one agent started with
-/// `agent_args`, and expects every one to open and echo.
-async fn burst_of_dials(agent_args: &[&str]) -> anyhow::Result<()> {
+/// Fires [`BURST_DIALS`] dials at once through a server started with `server` and one agent
+/// started with `agent_args`, and expects every one to open and echo.
+async fn burst_of_dials(server: ServerOptions, agent_args: &[&str]) -> anyhow::Result<()> {
     // Two descriptors per tunnel in this process (client end, echoed end).
     konnectivity_runtime::open_files::raise_to_hard_limit()?;
     let env = TestEnv::new()?;
-    let server = Server::start(&env, ServerOptions::http_connect_uds()).await?;
+    let server = Server::start(&env, server).await?;
     let mut opts = AgentOptions::for_server(&server);
     opts.extra_args
         .extend(agent_args.iter().map(|a| a.to_string()));
@@ -278,10 +278,21 @@ async fn burst_of_dials(agent_args: &[&str]) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_simultaneous_dials_all_open_through_a_grpc_agent() {
-    e2e(burst_of_dials(&[])).await;
+    e2e(burst_of_dials(ServerOptions::http_connect_uds(), &[])).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_simultaneous_dials_all_open_through_a_quic_agent() {
-    e2e(burst_of_dials(&["--transport=quic"])).await;
+    e2e(burst_of_dials(
+        ServerOptions::http_connect_uds(),
+        &["--transport=quic"],
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_simultaneous_mtls_dials_all_open() {
+    // Every dial is its own TLS connection to the frontend: the accept queue and the handshake
+    // tasks take the burst, not only the agent.
+    e2e(burst_of_dials(ServerOptions::http_connect_tcp(), &[])).await;
 }
