@@ -255,9 +255,10 @@ impl Dialer {
 
     /// Makes every mTLS connection a full handshake, as kube-apiserver's egress dialer does (Go,
     /// no client session cache). By default the dialer resumes TLS sessions from tickets the
-    /// proxy sent on earlier connections, which skips certificate verification and signing on
-    /// both sides; the benchmark turns that off so its dial figures are the apiserver's. No
-    /// effect on UDS.
+    /// proxy sent on earlier connections (our proxy-server sends them only with
+    /// `--frontend-tls-session-tickets` above 0), which skips certificate verification and
+    /// signing on both sides; the benchmark turns that off so its dial figures are the
+    /// apiserver's. No effect on UDS.
     pub fn without_tls_resumption(mut self) -> Self {
         if let Some(tls) = &self.tls {
             let mut config = rustls::ClientConfig::clone(tls);

@@ -107,6 +107,9 @@ pub struct ServerExtensions {
     /// `--worker-threads`: threads of the process's task scheduler; 0 means one per CPU.
     /// Read by the binary when it builds its runtime, before `run`.
     pub worker_threads: usize,
+    /// `--frontend-tls-session-tickets`: TLS 1.3 tickets sent after each mTLS frontend
+    /// handshake (0: none, as kube-apiserver never resumes).
+    pub frontend_session_tickets: usize,
 }
 
 impl Default for ServerExtensions {
@@ -115,6 +118,7 @@ impl Default for ServerExtensions {
             enable_quic: true,
             flow_control: true,
             worker_threads: 0,
+            frontend_session_tickets: 0,
         }
     }
 }

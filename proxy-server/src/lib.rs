@@ -245,6 +245,11 @@ async fn start_frontend(
                     source: Box::new(source),
                     what: "frontend listener (--server-cert/--server-key/--server-ca-cert)",
                 })?;
+            let tls = {
+                let mut tls = (*tls).clone();
+                tls.send_tls13_tickets = config.extensions.frontend_session_tickets;
+                Arc::new(tls)
+            };
             let listener = bind_tcp("frontend", *addr)?;
             let local = listener.local_addr().unwrap_or(*addr);
             info!(addr = %local, ?mode, "frontend listening on mTLS TCP");

@@ -354,3 +354,51 @@ async fn connect_to_a_blackhole_answers_504_after_the_agents_5s_dial_timeout() {
     })
     .await
 }
+
+/// Whether the second of two CONNECTs over fresh mTLS connections (one resuming client
+/// configuration, so a ticket from the first would be used) resumed the TLS session.
+async fn second_connection_resumes(c: &Cluster) -> anyhow::Result<bool> {
+    let pki = &c.env.pki;
+    let config = tls::client_config(
+        &pki.frontend_ca.cert,
+        Some((&pki.frontend_client.cert, &pki.frontend_client.key)),
+        &[ALPN_HTTP1],
+    )?;
+    let mut resumed = Vec::new();
+    for _ in 0..2 {
+        let mut io = tls::connect(c.server.frontend_tcp(), "127.0.0.1", config.clone()).await?;
+        send_connect(&mut io, &c.kubelet.address()).await?;
+        // Any ticket travels ahead of the 200, so it is stored once the 200 is read.
+        let head = read_up_to(&mut io, CONNECT_OK.len(), RESPONSE_TIMEOUT).await?;
+        ensure!(head == CONNECT_OK, "{:?}", String::from_utf8_lossy(&head));
+        resumed.push(io.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+    }
+    ensure!(!resumed[0], "the first connection cannot resume");
+    Ok(resumed[1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_frontend_sends_session_tickets_only_when_asked() {
+    e2e(async {
+        // kube-apiserver never resumes, so by default no ticket delays the 200.
+        let c = Cluster::start(ServerOptions::http_connect_tcp(), 1).await?;
+        ensure!(
+            !second_connection_resumes(&c).await?,
+            "a session resumed, so the frontend sent a ticket by default"
+        );
+        let c = Cluster::start(
+            ServerOptions {
+                extra_args: vec!["--frontend-tls-session-tickets=1".to_string()],
+                ..ServerOptions::http_connect_tcp()
+            },
+            1,
+        )
+        .await?;
+        ensure!(
+            second_connection_resumes(&c).await?,
+            "--frontend-tls-session-tickets=1 did not let a client resume"
+        );
+        Ok(())
+    })
+    .await
+}
