@@ -296,3 +296,9 @@ async fn a_burst_of_simultaneous_mtls_dials_all_open() {
     // tasks take the burst, not only the agent.
     e2e(burst_of_dials(ServerOptions::http_connect_tcp(), &[])).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_simultaneous_grpc_frontend_dials_all_open() {
+    // Each dial is its own gRPC connection on the Unix socket, as kube-apiserver makes them.
+    e2e(burst_of_dials(ServerOptions::grpc_uds(), &[])).await;
+}
