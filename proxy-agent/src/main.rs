@@ -114,15 +114,7 @@ fn main() -> ExitCode {
         Ok(tuning) => tracing::debug!(?tuning, "malloc thresholds"),
         Err(e) => tracing::warn!("{e}"),
     }
-    match open_files {
-        Ok(limit) => tracing::info!(
-            soft = limit.now,
-            inherited = limit.before,
-            hard = limit.hard,
-            "open-file limit (one descriptor per tunnel)"
-        ),
-        Err(e) => tracing::warn!("{e}"),
-    }
+    konnectivity_runtime::open_files::log(&open_files);
     tracing::info!(
         ?config,
         "proxy-agent starting with this effective configuration"

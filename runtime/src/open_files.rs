@@ -68,6 +68,20 @@ pub fn raise_to_hard_limit() -> Result<OpenFileLimit, OpenFilesError> {
     Ok(OpenFileLimit { before, now, hard })
 }
 
+/// Logs what [`raise_to_hard_limit`] did, once at start: the effective limit at info (it
+/// caps the tunnels), a failure as a warning.
+pub fn log(outcome: &Result<OpenFileLimit, OpenFilesError>) {
+    match outcome {
+        Ok(limit) => tracing::info!(
+            soft = limit.now,
+            inherited = limit.before,
+            hard = limit.hard,
+            "open-file limit (one descriptor per tunnel)"
+        ),
+        Err(e) => tracing::warn!("{e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,16 @@ async fn curl(args: &[String]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The TLS client configuration kube-apiserver uses for the mTLS frontend (HTTP/1.1).
+fn kube_apiserver_tls(env: &TestEnv) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    let pki = &env.pki;
+    Ok(tls::client_config(
+        &pki.frontend_ca.cert,
+        Some((&pki.frontend_client.cert, &pki.frontend_client.key)),
+        &[ALPN_HTTP1],
+    )?)
+}
+
 fn p(path: &Path) -> String {
     path.display().to_string()
 }
@@ -151,12 +161,7 @@ async fn connect_success_is_exactly_the_200_line_over_uds_and_tcp() {
         check_exact_200_then_tls(UnixStream::connect(uds.server.uds_path()).await?, &uds).await?;
 
         let tcp = Cluster::start(ServerOptions::http_connect_tcp(), 1).await?;
-        let pki = &tcp.env.pki;
-        let config = tls::client_config(
-            &pki.frontend_ca.cert,
-            Some((&pki.frontend_client.cert, &pki.frontend_client.key)),
-            &[ALPN_HTTP1],
-        )?;
+        let config = kube_apiserver_tls(&tcp.env)?;
         let io = tls::connect(tcp.server.frontend_tcp(), "127.0.0.1", config).await?;
         check_exact_200_then_tls(io, &tcp).await
     })
@@ -275,12 +280,7 @@ async fn tls_clients_that_never_handshake_do_not_block_the_frontend() {
         for _ in 0..IDLE_CONNECTIONS {
             idle.push(TcpStream::connect(c.server.frontend_tcp()).await?);
         }
-        let pki = &c.env.pki;
-        let config = tls::client_config(
-            &pki.frontend_ca.cert,
-            Some((&pki.frontend_client.cert, &pki.frontend_client.key)),
-            &[ALPN_HTTP1],
-        )?;
+        let config = kube_apiserver_tls(&c.env)?;
         let io = tokio::time::timeout(
             Duration::from_secs(5),
             tls::connect(c.server.frontend_tcp(), "127.0.0.1", config),
@@ -358,12 +358,7 @@ async fn connect_to_a_blackhole_answers_504_after_the_agents_5s_dial_timeout() {
 /// Whether the second of two CONNECTs over fresh mTLS connections (one resuming client
 /// configuration, so a ticket from the first would be used) resumed the TLS session.
 async fn second_connection_resumes(c: &Cluster) -> anyhow::Result<bool> {
-    let pki = &c.env.pki;
-    let config = tls::client_config(
-        &pki.frontend_ca.cert,
-        Some((&pki.frontend_client.cert, &pki.frontend_client.key)),
-        &[ALPN_HTTP1],
-    )?;
+    let config = kube_apiserver_tls(&c.env)?;
     let mut resumed = Vec::new();
     for _ in 0..2 {
         let mut io = tls::connect(c.server.frontend_tcp(), "127.0.0.1", config.clone()).await?;
