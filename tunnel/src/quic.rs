@@ -57,9 +57,14 @@ pub const MAX_HEADER_FRAME_BYTES: usize = 16 * 1024;
 /// small state entry per open stream (a few hundred bytes) plus what its buffers hold.
 pub const MAX_CONCURRENT_STREAMS: u32 = 100_000;
 /// Unread bytes a peer may send on one stream before it must wait (QUIC stream flow control).
-/// Sized for > 1 GiB/s on one stream with the few hundred µs of credit latency seen on
-/// loopback. Cost: a stream whose reader stopped holds up to this much memory.
-pub const STREAM_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+/// 2 MiB still carries > 1 GiB/s on one stream with the few hundred µs of credit latency seen
+/// on loopback (and 2 MiB per round trip elsewhere: 400 MiB/s at 5 ms). It was 8 MiB: the
+/// sender's and receiver's buffers then swung by more than glibc's 4 MiB trim threshold
+/// (`konnectivity_runtime::allocator`), memory went back to the kernel and was faulted in
+/// again, and connect-uds downloads ran at 604–962 MiB/s against 994–1,079 MiB/s with 2 MiB (four
+/// alternating pairs; 1.20–1.32 s/GiB against 1.32–2.20). Cost: a stream whose reader stopped
+/// holds up to this much memory; one stream's throughput is at most this much per round trip.
+pub const STREAM_RECEIVE_WINDOW: u32 = 2 * 1024 * 1024;
 /// Unread bytes a peer may send on the whole connection (QUIC connection flow control). Far
 /// above one stream's window, so a few stalled streams cannot starve the others. Cost: at most
 /// this much memory buffered per agent connection.
